@@ -1,1 +1,121 @@
-fn main(){}
+//! Developer tasks: `cargo xtask test` runs every test with the oracles.
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {what}: {cmd:?}");
+    let st = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Install btrfs-progs with apt where we can (root on Debian), and say so.
+fn ensure_oracles() -> bool {
+    if have("btrfs") && have("mkfs.btrfs") {
+        return true;
+    }
+    if is_root() && have("apt-get") {
+        eprintln!(
+            "xtask: btrfs-progs missing; installing it with apt-get (needed by the oracle tests)"
+        );
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs >/dev/null")
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok && have("btrfs") {
+            return true;
+        }
+        eprintln!("xtask: apt-get install btrfs-progs failed");
+    }
+    eprintln!(
+        "\n*** xtask: btrfs-progs is not available and cannot be installed here (need root with apt): \
+         the oracle tests will SKIP ***\n"
+    );
+    false
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let oracles = ensure_oracles();
+    let kernel = oracles && is_root() && Path::new("/dev/loop-control").exists();
+    if !kernel {
+        eprintln!(
+            "\n*** xtask: not root or no loop devices: the kernel mount tests will SKIP ***\n"
+        );
+    }
+    let mut c = Command::new("cargo");
+    c.args(["test", "--workspace", "--all-targets"]);
+    c.args(args);
+    if kernel {
+        // Everything is here: a test that would skip is a failure instead.
+        c.env("FORGE_REQUIRE_ORACLES", "1");
+    }
+    step("tests", &mut c)?;
+    step(
+        "doc tests",
+        Command::new("cargo").args(["test", "--workspace", "--doc"]),
+    )?;
+    step(
+        "format",
+        Command::new("cargo").args(["fmt", "--all", "--check"]),
+    )?;
+    step(
+        "clippy",
+        Command::new("cargo").args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask test [cargo test args]");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Bulk B-tree builder: sorted items are packed into leaves, leaves under nodes,
+//! bottom-up, with no insert-and-split loop.
+use btrfs_format::*;
+use zerocopy::IntoBytes;
+
+use crate::{Error, Result};
+
+/// Items of one tree: keys with payloads in one arena.
+#[derive(Debug, Default, Clone)]
+pub struct TreeItems {
+    entries: Vec<(Key, usize, u32)>,
+    data: Vec<u8>,
+}
+
+impl TreeItems {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, key: Key, payload: &[u8]) {
+        let off = self.data.len();
+        self.data.extend_from_slice(payload);
+        self.entries.push((key, off, payload.len() as u32));
+    }
+
+    /// Push an item whose payload is written by `f` into the arena.
+    pub fn push_with(&mut self, key: Key, f: impl FnOnce(&mut Vec<u8>)) {
+        let off = self.data.len();
+        f(&mut self.data);
+        let len = (self.data.len() - off) as u32;
+        self.entries.push((key, off, len));
+    }
+
+    pub fn push_struct<T: IntoBytes + zerocopy::Immutable>(&mut self, key: Key, v: &T) {
+        self.push(key, v.as_bytes());
+    }
+
+    pub fn extend(&mut self, other: &TreeItems) {
+        for (k, p) in other.iter() {
+            self.push(k, p);
+        }
+    }
+
+    /// Sort by key; two items with one key are a bug in the caller.
+    pub fn sort(&mut self) -> Result<()> {
+        self.entries.sort_by_key(|e| e.0);
+        if let Some(w) = self.entries.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::Internal(format!(
+                "duplicate key {} in a tree",
+                w[0].0
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn key(&self, i: usize) -> Key {
+        self.entries[i].0
+    }
+
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let (_, off, len) = self.entries[i];
+        &self.data[off..off + len as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &[u8])> + '_ {
+        (0..self.len()).map(|i| (self.key(i), self.payload(i)))
+    }
+
+    pub fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries.iter().map(|e| e.2 as usize)
+    }
+}
+
+/// How a tree's items are split into blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreePlan {
+    /// Item index ranges of each leaf, in key order.
+    pub leaves: Vec<std::ops::Range<usize>>,
+    /// For each level above the leaves, child index ranges of each node.
+    pub nodes: Vec<Vec<std::ops::Range<usize>>>,
+}
+
+impl TreePlan {
+    /// Pack items greedily into full leaves; split nodes evenly.
+    pub fn new(sizes: impl Iterator<Item = usize>, nodesize: u32) -> Result<Self> {
+        let room = leaf_data_size(nodesize);
+        let mut leaves = Vec::new();
+        let mut start = 0;
+        let mut used = 0;
+        let mut n = 0;
+        for (i, size) in sizes.enumerate() {
+            let need = Item::SIZE + size;
+            if need > room {
+                return Err(Error::Internal(format!(
+                    "item of {size} bytes does not fit a {nodesize}-byte leaf"
+                )));
+            }
+            if used + need > room {
+                leaves.push(start..i);
+                start = i;
+                used = 0;
+            }
+            used += need;
+            n = i + 1;
+        }
+        if n > start || leaves.is_empty() {
+            leaves.push(start..n);
+        }
+        let max_ptrs = node_max_ptrs(nodesize);
+        let mut nodes = Vec::new();
+        let mut width = leaves.len();
+        while width > 1 {
+            let count = width.div_ceil(max_ptrs);
+            let level: Vec<_> = (0..count)
+                .map(|j| (j * width / count)..((j + 1) * width / count))
+                .collect();
+            width = level.len();
+            nodes.push(level);
+            if nodes.len() >= BTRFS_MAX_LEVEL as usize {
+                return Err(Error::Internal("tree deeper than 8 levels".into()));
+            }
+        }
+        Ok(TreePlan { leaves, nodes })
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.leaves.len() + self.nodes.iter().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn root_level(&self) -> u8 {
+        self.nodes.len() as u8
+    }
+}
+
+/// Identity stamped into every tree block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockParams {
+    pub nodesize: u32,
+    pub csum: CsumType,
+    pub fsid: [u8; 16],
+    pub chunk_tree_uuid: [u8; 16],
+    pub generation: u64,
+}
+
+/// One serialized tree block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub bytenr: u64,
+    pub level: u8,
+    pub owner: u64,
+    pub first_key: Key,
+    pub bytes: Vec<u8>,
+}
+
+/// A built tree: its blocks (root last) and where the root is.
+#[derive(Debug, Clone)]
+pub struct BuiltTree {
+    pub owner: u64,
+    pub blocks: Vec<Block>,
+}
+
+impl BuiltTree {
+    pub fn root(&self) -> &Block {
+        self.blocks
+            .last()
+            .unwrap_or_else(|| unreachable!("a tree has at least one block"))
+    }
+
+    pub fn bytes_used(&self, nodesize: u32) -> u64 {
+        self.blocks.len() as u64 * nodesize as u64
+    }
+}
+
+fn header(p: &BlockParams, bytenr: u64, owner: u64, nritems: usize, level: u8) -> Header {
+    Header {
+        csum: [0; 32],
+        fsid: p.fsid,
+        bytenr: bytenr.into(),
+        flags: (BTRFS_HEADER_FLAG_WRITTEN | (BTRFS_MIXED_BACKREF_REV << BTRFS_BACKREF_REV_SHIFT))
+            .into(),
+        chunk_tree_uuid: p.chunk_tree_uuid,
+        generation: p.generation.into(),
+        owner: owner.into(),
+        nritems: (nritems as u32).into(),
+        level,
+    }
+}
+
+/// Fill in the checksum of a finished block (covers byte 32 to the end).
+pub fn seal_block(bytes: &mut [u8], csum: CsumType) {
+    let c = csum.compute(&bytes[BTRFS_CSUM_SIZE..]);
+    bytes[..BTRFS_CSUM_SIZE].copy_from_slice(&c);
+}
+
+/// Serialize `items` as planned, at the given addresses (leaves first, root last).
+pub fn build_tree(
+    items: &TreeItems,
+    plan: &TreePlan,
+    addrs: &[u64],
+    owner: u64,
+    p: &BlockParams,
+) -> Result<BuiltTree> {
+    if addrs.len() != plan.block_count() {
+        return Err(Error::Internal(format!(
+            "tree {owner}: {} addresses for {} blocks",
+            addrs.len(),
+            plan.block_count()
+        )));
+    }
+    let ns = p.nodesize as usize;
+    let mut blocks = Vec::with_capacity(addrs.len());
+    let mut addr = addrs.iter().copied();
+    for r in &plan.leaves {
+        let bytenr = addr.next().unwrap_or_default();
+        let mut b = vec![0u8; ns];
+        b[..Header::SIZE].copy_from_slice(header(p, bytenr, owner, r.len(), 0).as_bytes());
+        let mut data_end = ns;
+        for (slot, i) in r.clone().enumerate() {
+            let payload = items.payload(i);
+            data_end -= payload.len();
+            b[data_end..data_end + payload.len()].copy_from_slice(payload);
+            let it = Item {
+                key: items.key(i).to_disk(),
+                offset: ((data_end - Header::SIZE) as u32).into(),
+                size: (payload.len() as u32).into(),
+            };
+            let at = Header::SIZE + slot * Item::SIZE;
+            b[at..at + Item::SIZE].copy_from_slice(it.as_bytes());
+        }
+        seal_block(&mut b, p.csum);
+        let first_key = if r.is_empty() {
+            Key::MIN
+        } else {
+            items.key(r.start)
+        };
+        blocks.push(Block {
+            bytenr,
+            level: 0,
+            owner,
+            first_key,
+            bytes: b,
+        });
+    }
+    let mut below = 0..blocks.len();
+    for (lvl, level_nodes) in plan.nodes.iter().enumerate() {
+        let level = lvl as u8 + 1;
+        let start = blocks.len();
+        for r in level_nodes {
+            let bytenr = addr.next().unwrap_or_default();
+            let mut b = vec![0u8; ns];
+            b[..Header::SIZE].copy_from_slice(header(p, bytenr, owner, r.len(), level).as_bytes());
+            for (slot, c) in r.clone().enumerate() {
+                let child = &blocks[below.start + c];
+                let kp = KeyPtr {
+                    key: child.first_key.to_disk(),
+                    blockptr: child.bytenr.into(),
+                    generation: p.generation.into(),
+                };
+                let at = Header::SIZE + slot * KeyPtr::SIZE;
+                b[at..at + KeyPtr::SIZE].copy_from_slice(kp.as_bytes());
+            }
+            seal_block(&mut b, p.csum);
+            let first_key = blocks[below.start + r.start].first_key;
+            blocks.push(Block {
+                bytenr,
+                level,
+                owner,
+                first_key,
+                bytes: b,
+            });
+        }
+        below = start..blocks.len();
+    }
+    Ok(BuiltTree { owner, blocks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btrfs_format::tree::TreeBlock;
+
+    fn params(nodesize: u32) -> BlockParams {
+        BlockParams {
+            nodesize,
+            csum: CsumType::Crc32c,
+            fsid: [1; 16],
+            chunk_tree_uuid: [2; 16],
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn empty_tree_is_one_empty_leaf() {
+        let items = TreeItems::new();
+        let plan = TreePlan::new(items.sizes(), 4096).unwrap();
+        assert_eq!(plan.block_count(), 1);
+        let t = build_tree(&items, &plan, &[4096], 5, &params(4096)).unwrap();
+        let tb = TreeBlock::parse(&t.root().bytes).unwrap();
+        assert_eq!(tb.nritems(), 0);
+    }
+
+    #[test]
+    fn multi_level_tree_round_trips() {
+        let mut items = TreeItems::new();
+        for i in 0..20_000u64 {
+            items.push(Key::new(i, 1, 0), &i.to_le_bytes().repeat((i % 5) as usize));
+        }
+        items.sort().unwrap();
+        let plan = TreePlan::new(items.sizes(), 4096).unwrap();
+        assert!(plan.root_level() >= 2);
+        let addrs: Vec<u64> = (0..plan.block_count() as u64)
+            .map(|i| (i + 1) * 4096)
+            .collect();
+        let t = build_tree(&items, &plan, &addrs, 5, &params(4096)).unwrap();
+        // Walk from the root and collect every key in order.
+        let by_addr: std::collections::HashMap<u64, &Block> =
+            t.blocks.iter().map(|b| (b.bytenr, b)).collect();
+        let mut keys = Vec::new();
+        let mut stack = vec![t.root().bytenr];
+        while let Some(a) = stack.pop() {
+            let b = by_addr[&a];
+            assert_eq!(CsumType::Crc32c.compute(&b.bytes[32..]), b.bytes[..32]);
+            let tb = TreeBlock::parse(&b.bytes).unwrap();
+            if tb.level() == 0 {
+                for i in 0..tb.nritems() {
+                    let it = tb.item(i).unwrap();
+                    assert_eq!(tb.payload(&it), items.payload(keys.len()));
+                    keys.push(it.key);
+                }
+            } else {
+                for i in (0..tb.nritems()).rev() {
+                    let kp = tb.key_ptr(i).unwrap();
+                    let child = TreeBlock::parse(&by_addr[&kp.blockptr.get()].bytes).unwrap();
+                    assert_eq!(child.key_at(0).unwrap(), Key::from(kp.key));
+                    assert_eq!(child.level() + 1, tb.level());
+                    stack.push(kp.blockptr.get());
+                }
+            }
+        }
+        assert_eq!(keys.len(), 20_000);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let mut items = TreeItems::new();
+        items.push(Key::new(1, 1, 1), b"a");
+        items.push(Key::new(1, 1, 1), b"b");
+        assert!(items.sort().is_err());
+    }
+}

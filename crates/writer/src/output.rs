@@ -1,0 +1,182 @@
+//! The image file or device: sizing, refusing to clobber, positional writes,
+//! and the superblock copies (always written last).
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use btrfs_format::*;
+use zerocopy::IntoBytes;
+
+use crate::{Error, Result};
+
+pub struct Output {
+    file: File,
+    pub path: PathBuf,
+    /// Bytes of the filesystem (not necessarily of the file or device).
+    pub size: u64,
+    pub is_block_device: bool,
+}
+
+/// Signatures of filesystems and partition tables we refuse to overwrite without -f.
+fn detect_signature(f: &File, dev_size: u64) -> Option<String> {
+    let mut head = vec![0u8; 68 * 1024];
+    let n = (&*f).take(head.len() as u64).read(&mut head).unwrap_or(0);
+    head.truncate(n);
+    let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
+    for mirror in 0..BTRFS_SUPER_MIRROR_MAX {
+        let off = btrfs_sb_offset(mirror);
+        if off + BTRFS_SUPER_INFO_SIZE as u64 > dev_size {
+            continue;
+        }
+        let mut m = [0u8; 8];
+        if f.read_exact_at(&mut m, off + 0x40).is_ok() && u64::from_le_bytes(m) == BTRFS_MAGIC {
+            return Some(format!("it holds a btrfs filesystem (superblock at {off})"));
+        }
+    }
+    if at(1024 + 56, &[0x53, 0xef]) {
+        return Some("it holds an ext2/3/4 filesystem".into());
+    }
+    if at(0, b"XFSB") {
+        return Some("it holds an XFS filesystem".into());
+    }
+    if at(0, b"hsqs") {
+        return Some("it holds a squashfs filesystem".into());
+    }
+    if at(1024, &0xE0F5E1E2u32.to_le_bytes()) {
+        return Some("it holds an EROFS filesystem".into());
+    }
+    if at(4086, b"SWAPSPACE2") || at(4086, b"SWAP-SPACE") {
+        return Some("it holds swap space".into());
+    }
+    if at(512, b"EFI PART") {
+        return Some("it holds a GPT partition table".into());
+    }
+    if at(510, &[0x55, 0xaa]) && (0..4).any(|i| head.get(446 + i * 16 + 4).is_some_and(|&t| t != 0))
+    {
+        return Some("it holds a DOS partition table".into());
+    }
+    None
+}
+
+impl Output {
+    /// Open (or create) `path` for a filesystem of `byte_count` bytes, or of the
+    /// existing size. Regular files are cut to zero first so that the result
+    /// depends only on what we write; old superblocks on devices are wiped.
+    pub fn create(path: &Path, byte_count: Option<u64>, force: bool) -> Result<Output> {
+        let io = |e| Error::io(path, e);
+        if path.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let is_block_device = meta.file_type().is_block_device();
+        let current = if is_block_device {
+            (&file).seek(SeekFrom::End(0)).map_err(io)?
+        } else {
+            meta.len()
+        };
+        if existed && !force {
+            if let Some(what) = detect_signature(&file, current) {
+                return Err(Error::ExistingFilesystem {
+                    path: path.into(),
+                    what,
+                });
+            }
+        }
+        let size = match byte_count {
+            Some(b) => b,
+            None if current > 0 => current,
+            None => {
+                if !existed {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(Error::InvalidOption(format!(
+                    "{}: the file is empty; give its size with -b/--byte-count",
+                    path.display()
+                )));
+            }
+        };
+        if is_block_device {
+            if size > current {
+                return Err(Error::InvalidOption(format!(
+                    "{}: -b {size} is larger than the device ({current} bytes)",
+                    path.display()
+                )));
+            }
+        } else {
+            file.set_len(0).map_err(io)?;
+            file.set_len(size).map_err(io)?;
+        }
+        let out = Output {
+            file,
+            path: path.into(),
+            size,
+            is_block_device,
+        };
+        if is_block_device {
+            out.wipe(current)?;
+        }
+        Ok(out)
+    }
+
+    /// Zero the reserved first MiB and every superblock copy on the device.
+    fn wipe(&self, dev_size: u64) -> Result<()> {
+        let zeros = vec![0u8; BTRFS_DEVICE_RANGE_RESERVED as usize];
+        self.write_at(&zeros[..dev_size.min(zeros.len() as u64) as usize], 0)?;
+        for mirror in 1..BTRFS_SUPER_MIRROR_MAX {
+            let off = btrfs_sb_offset(mirror);
+            if off + BTRFS_SUPER_INFO_SIZE as u64 <= dev_size {
+                self.write_at(&zeros[..BTRFS_SUPER_INFO_SIZE], off)?;
+            }
+        }
+        self.sync()
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            Error::io(
+                &self.path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("writing {} bytes at offset {offset}: {e}", buf.len()),
+                ),
+            )
+        })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Write every superblock copy that fits the filesystem, then flush.
+    pub fn write_superblocks(&self, sb: &SuperBlock, csum: CsumType) -> Result<()> {
+        for mirror in 0..BTRFS_SUPER_MIRROR_MAX {
+            let off = btrfs_sb_offset(mirror);
+            if off + BTRFS_SUPER_INFO_SIZE as u64 > self.size {
+                continue;
+            }
+            let mut copy = *sb;
+            copy.bytenr = off.into();
+            let bytes = copy.as_mut_bytes();
+            let c = csum.compute(&bytes[BTRFS_CSUM_SIZE..]);
+            bytes[..BTRFS_CSUM_SIZE].copy_from_slice(&c);
+            self.write_at(copy.as_bytes(), off)?;
+        }
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
