@@ -2,11 +2,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use btrfs_format::CsumType;
 use btrfs_writer::config::{parse_size, FEATURE_LIST};
+use btrfs_writer::scan::{ScanOptions, SubvolSpec};
 use btrfs_writer::summary::{parse_uuid, Summary};
-use btrfs_writer::{make_empty_filesystem, Features, MkfsConfig, Profile};
+use btrfs_writer::{
+    make_empty_filesystem, make_rootdir_filesystem, Features, MkfsConfig, Profile, RootdirOptions,
+};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -79,6 +82,35 @@ struct Args {
     /// Print nothing but errors
     #[arg(short, long)]
     quiet: bool,
+    /// Fill the filesystem from this directory
+    #[arg(short = 'r', long = "rootdir", value_name = "DIR")]
+    rootdir: Option<PathBuf>,
+    /// Make SUBDIR (relative to --rootdir) a subvolume: [rw|ro|default|default-ro:]SUBDIR
+    #[arg(
+        short = 'u',
+        long = "subvol",
+        value_name = "[FLAGS:]SUBDIR",
+        requires = "rootdir"
+    )]
+    subvol: Vec<String>,
+    /// Cut the image to its last used byte (with --rootdir)
+    #[arg(long, requires = "rootdir")]
+    shrink: bool,
+    /// Largest file stored inline in the metadata, in bytes
+    #[arg(long = "max-inline", value_name = "BYTES", default_value = "2048")]
+    max_inline: String,
+    /// Owner of every imported file
+    #[arg(long, value_name = "UID", requires = "rootdir")]
+    uid: Option<u32>,
+    /// Group of every imported file
+    #[arg(long, value_name = "GID", requires = "rootdir")]
+    gid: Option<u32>,
+    /// Same as --uid 0 --gid 0
+    #[arg(long = "all-root", requires = "rootdir")]
+    all_root: bool,
+    /// Worker threads (default: all cores)
+    #[arg(short = 'j', long = "threads", value_name = "N", default_value = "0")]
+    threads: usize,
 }
 
 /// "Now" for every timestamp: SOURCE_DATE_EPOCH when set (reproducible builds).
@@ -94,6 +126,16 @@ fn now() -> Result<(u64, u32)> {
         .duration_since(std::time::UNIX_EPOCH)
         .context("system clock is before 1970")?;
     Ok((d.as_secs(), d.subsec_nanos()))
+}
+
+/// SOURCE_DATE_EPOCH also clamps newer file times, as reproducible-build tools do.
+fn clamp_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+        })?)),
+        Err(_) => Ok(None),
+    }
 }
 
 fn config(args: &Args) -> Result<MkfsConfig> {
@@ -140,8 +182,29 @@ fn run(args: Args) -> Result<()> {
     }
     let cfg = config(&args)?;
     cfg.validate()?;
-    let report = make_empty_filesystem(&args.image, &cfg)
-        .with_context(|| format!("cannot create a filesystem on {}", args.image.display()))?;
+    let report = match &args.rootdir {
+        None => make_empty_filesystem(&args.image, &cfg),
+        Some(dir) => {
+            let opts = RootdirOptions {
+                rootdir: dir.clone(),
+                scan: ScanOptions {
+                    subvols: args
+                        .subvol
+                        .iter()
+                        .map(|s| SubvolSpec::parse(s))
+                        .collect::<Result<_, _>>()?,
+                    uid: args.uid.or(args.all_root.then_some(0)),
+                    gid: args.gid.or(args.all_root.then_some(0)),
+                    clamp: clamp_epoch()?,
+                },
+                max_inline: parse_size(&args.max_inline)?,
+                shrink: args.shrink,
+                threads: args.threads,
+            };
+            make_rootdir_filesystem(&args.image, &cfg, &opts)
+        }
+    }
+    .with_context(|| format!("cannot create a filesystem on {}", args.image.display()))?;
     if !args.quiet {
         let path = args.image.display().to_string();
         print!(
@@ -159,9 +222,6 @@ fn run(args: Args) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.features.is_empty() && args.image.as_os_str().is_empty() {
-        bail_usage();
-    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -169,14 +229,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn bail_usage() -> ! {
-    eprintln!("forge-mkfs: an image path is required");
-    std::process::exit(2)
-}
-
-#[allow(dead_code)]
-fn unused() -> Result<()> {
-    bail!("unused")
 }

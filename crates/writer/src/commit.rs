@@ -287,7 +287,6 @@ struct Placement {
 
 fn place(input: &CommitInput, chunk_blocks: usize, order: &[(u64, usize)]) -> Result<Placement> {
     let ns = input.nodesize as u64;
-    let dev = input.layout.device_size;
     let find = |flag: u64| {
         input
             .layout
@@ -296,8 +295,8 @@ fn place(input: &CommitInput, chunk_blocks: usize, order: &[(u64, usize)]) -> Re
             .find(|c| c.flags & BTRFS_BLOCK_GROUP_TYPE_MASK == flag)
             .ok_or_else(|| Error::Internal(format!("layout has no chunk of type {flag}")))
     };
-    let mut sys_alloc = BumpAlloc::new(find(BTRFS_BLOCK_GROUP_SYSTEM)?, dev);
-    let mut meta_alloc = BumpAlloc::new(find(BTRFS_BLOCK_GROUP_METADATA)?, dev);
+    let mut sys_alloc = BumpAlloc::new(find(BTRFS_BLOCK_GROUP_SYSTEM)?);
+    let mut meta_alloc = BumpAlloc::new(find(BTRFS_BLOCK_GROUP_METADATA)?);
     let mut addrs = BTreeMap::new();
     let mut v = Vec::with_capacity(chunk_blocks);
     for _ in 0..chunk_blocks {
@@ -563,10 +562,16 @@ fn same_items(a: &TreeItems, b: &TreeItems) -> bool {
     a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
 }
 
-/// Plan, place and write all metadata, then the superblock copies.
-pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
+/// The solved metadata: every tree planned and placed.
+struct Solved {
+    chunk: Planned,
+    fixed: Vec<Planned>,
+    var: BTreeMap<u64, Planned>,
+    pl: Placement,
+}
+
+fn solve(input: &CommitInput) -> Result<Solved> {
     let ns = input.nodesize;
-    let gen = input.generation;
     let (chunk, fixed) = fixed_trees(input)?;
     let var_ids: Vec<u64> = VAR_TREES
         .iter()
@@ -582,7 +587,6 @@ pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
     for &id in &var_ids {
         var.insert(id, Planned::new(id, TreeItems::new(), ns)?);
     }
-    let mut converged = None;
     for _ in 0..32 {
         let mut order: Vec<(u64, usize)> =
             fixed.iter().map(|p| (p.id, p.plan.block_count())).collect();
@@ -600,19 +604,38 @@ pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
         }
         var = next;
         if stable {
-            converged = Some(pl);
-            break;
+            return Ok(Solved {
+                chunk,
+                fixed,
+                var,
+                pl,
+            });
         }
     }
-    let pl =
-        converged.ok_or_else(|| Error::Internal("metadata placement did not converge".into()))?;
+    Err(Error::Internal(
+        "metadata placement did not converge".into(),
+    ))
+}
 
+/// Bytes of the metadata chunk the trees need (its high-water mark).
+pub fn metadata_needed(input: &CommitInput) -> Result<u64> {
+    Ok(solve(input)?.pl.meta_alloc.high_water())
+}
+
+/// Plan, place and write all metadata, then the superblock copies.
+pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
+    let Solved {
+        chunk,
+        fixed,
+        var,
+        pl,
+    } = solve(input)?;
     let params = BlockParams {
-        nodesize: ns,
+        nodesize: input.nodesize,
         csum: input.csum,
         fsid: input.ident.fsid,
         chunk_tree_uuid: input.ident.chunk_tree_uuid,
-        generation: gen,
+        generation: input.generation,
     };
     let mut built: BTreeMap<u64, BuiltTree> = BTreeMap::new();
     for p in std::iter::once(&chunk)

@@ -29,14 +29,12 @@ impl ChunkSpec {
     }
 
     /// Logical ranges the kernel never allocates in this chunk: the 64 KiB stripe
-    /// holding each superblock copy that falls in any stripe.
-    pub fn excluded(&self, device_size: u64) -> Vec<(u64, u64)> {
+    /// holding each superblock copy that falls in any stripe (whether or not
+    /// the device is large enough to hold that copy, as the kernel does).
+    pub fn excluded(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for mirror in 0..BTRFS_SUPER_MIRROR_MAX {
             let sb = btrfs_sb_offset(mirror);
-            if sb + BTRFS_SUPER_INFO_SIZE as u64 > device_size {
-                continue;
-            }
             for &phys in &self.stripes {
                 if sb >= phys && sb < phys + self.length {
                     let off = (sb - phys) / BTRFS_STRIPE_LEN * BTRFS_STRIPE_LEN;
@@ -124,12 +122,12 @@ pub struct BumpAlloc {
 }
 
 impl BumpAlloc {
-    pub fn new(chunk: &ChunkSpec, device_size: u64) -> Self {
+    pub fn new(chunk: &ChunkSpec) -> Self {
         BumpAlloc {
             start: chunk.logical,
             end: chunk.end(),
             cursor: chunk.logical,
-            excluded: chunk.excluded(device_size),
+            excluded: chunk.excluded(),
             allocated: Vec::new(),
         }
     }
@@ -159,9 +157,9 @@ impl BumpAlloc {
         self.allocated.iter().map(|r| r.1).sum()
     }
 
-    /// Bytes from the cursor to the chunk end (ignoring exclusions ahead).
-    pub fn remaining(&self) -> u64 {
-        self.end - self.cursor
+    /// Bytes from the chunk start to the end of the last allocation.
+    pub fn high_water(&self) -> u64 {
+        self.cursor - self.start
     }
 }
 
@@ -193,9 +191,9 @@ mod tests {
             flags: BTRFS_BLOCK_GROUP_METADATA,
             stripes: vec![60 * MIB],
         };
-        let ex = chunk.excluded(1 << 30);
+        let ex = chunk.excluded();
         assert_eq!(ex, vec![(64 * MIB, 64 * 1024)]);
-        let mut a = BumpAlloc::new(&chunk, 1 << 30);
+        let mut a = BumpAlloc::new(&chunk);
         let mut last = 0;
         for _ in 0..(5 * MIB / 16384) {
             last = a.alloc(16384, 16384).unwrap();
@@ -216,8 +214,7 @@ mod tests {
             flags: BTRFS_BLOCK_GROUP_METADATA | BTRFS_BLOCK_GROUP_DUP,
             stripes: vec![40 * MIB, 60 * MIB],
         };
-        assert_eq!(chunk.excluded(1 << 30), vec![(44 * MIB, 65536)]);
-        assert!(chunk.excluded(64 * MIB).is_empty());
+        assert_eq!(chunk.excluded(), vec![(44 * MIB, 65536)]);
     }
 
     #[test]

@@ -6,13 +6,18 @@
 pub mod btree;
 pub mod commit;
 pub mod config;
+pub mod data;
+pub mod fstree;
 pub mod layout;
 pub mod mkfs;
 pub mod output;
+pub mod rootdir;
+pub mod scan;
 pub mod summary;
 
 pub use config::{Features, MkfsConfig, Profile};
 pub use mkfs::{make_empty_filesystem, MkfsReport};
+pub use rootdir::{make_rootdir_filesystem, RootdirOptions};
 
 use std::path::PathBuf;
 

@@ -155,6 +155,17 @@ impl Output {
         })
     }
 
+    /// Set the filesystem size once it is known (regular files are resized).
+    pub fn set_size(&mut self, size: u64) -> Result<()> {
+        if !self.is_block_device {
+            self.file
+                .set_len(size)
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        self.size = size;
+        Ok(())
+    }
+
     pub fn file(&self) -> &File {
         &self.file
     }
