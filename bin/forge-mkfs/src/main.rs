@@ -186,6 +186,7 @@ fn run(args: Args) -> Result<()> {
         None => make_empty_filesystem(&args.image, &cfg),
         Some(dir) => {
             let opts = RootdirOptions {
+                data_chunk_max: RootdirOptions::new(dir).data_chunk_max,
                 rootdir: dir.clone(),
                 scan: ScanOptions {
                     subvols: args

@@ -114,9 +114,15 @@ mod tests {
             0xef46db3751d8e999u64.to_le_bytes()
         );
         // SHA-256("abc") starts ba7816bf.
-        assert_eq!(CsumType::Sha256.compute(b"abc")[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(
+            CsumType::Sha256.compute(b"abc")[..4],
+            [0xba, 0x78, 0x16, 0xbf]
+        );
         // BLAKE2b-256("abc") starts bddd813c.
-        assert_eq!(CsumType::Blake2b.compute(b"abc")[..4], [0xbd, 0xdd, 0x81, 0x3c]);
+        assert_eq!(
+            CsumType::Blake2b.compute(b"abc")[..4],
+            [0xbd, 0xdd, 0x81, 0x3c]
+        );
     }
 
     #[test]

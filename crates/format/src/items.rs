@@ -186,7 +186,11 @@ pub fn parse_sys_chunk_array(
         if key.item_type != BTRFS_CHUNK_ITEM_KEY {
             return Err(FormatError::invalid(
                 "sys_chunk_array",
-                format!("entry {} has key type {}, not CHUNK_ITEM", out.len(), key.item_type),
+                format!(
+                    "entry {} has key type {}, not CHUNK_ITEM",
+                    out.len(),
+                    key.item_type
+                ),
             ));
         }
         p = &p[DiskKey::SIZE..];
@@ -200,11 +204,25 @@ pub fn parse_sys_chunk_array(
 /// One inline back-reference inside an EXTENT_ITEM / METADATA_ITEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InlineRef {
-    TreeBlock { root: u64 },
-    SharedBlock { parent: u64 },
-    ExtentData { root: u64, objectid: u64, offset: u64, count: u32 },
-    SharedData { parent: u64, count: u32 },
-    ExtentOwner { root: u64 },
+    TreeBlock {
+        root: u64,
+    },
+    SharedBlock {
+        parent: u64,
+    },
+    ExtentData {
+        root: u64,
+        objectid: u64,
+        offset: u64,
+        count: u32,
+    },
+    SharedData {
+        parent: u64,
+        count: u32,
+    },
+    ExtentOwner {
+        root: u64,
+    },
 }
 
 impl InlineRef {
@@ -313,9 +331,24 @@ pub fn parse_extent_item(key_type: u8, p: &[u8]) -> Result<ExtentRecord, FormatE
                 })
         };
         let (r, len) = match t {
-            BTRFS_TREE_BLOCK_REF_KEY => (InlineRef::TreeBlock { root: need_u64(body)? }, 9),
-            BTRFS_SHARED_BLOCK_REF_KEY => (InlineRef::SharedBlock { parent: need_u64(body)? }, 9),
-            BTRFS_EXTENT_OWNER_REF_KEY => (InlineRef::ExtentOwner { root: need_u64(body)? }, 9),
+            BTRFS_TREE_BLOCK_REF_KEY => (
+                InlineRef::TreeBlock {
+                    root: need_u64(body)?,
+                },
+                9,
+            ),
+            BTRFS_SHARED_BLOCK_REF_KEY => (
+                InlineRef::SharedBlock {
+                    parent: need_u64(body)?,
+                },
+                9,
+            ),
+            BTRFS_EXTENT_OWNER_REF_KEY => (
+                InlineRef::ExtentOwner {
+                    root: need_u64(body)?,
+                },
+                9,
+            ),
             BTRFS_EXTENT_DATA_REF_KEY => {
                 let d = ExtentDataRef::read(body)?;
                 (
@@ -401,8 +434,22 @@ mod tests {
     #[test]
     fn dir_items_round_trip() {
         let mut buf = Vec::new();
-        encode_dir_item(Key::new(257, 1, 0), 7, BTRFS_FT_REG_FILE, b"a", b"", &mut buf);
-        encode_dir_item(Key::new(258, 1, 0), 7, BTRFS_FT_XATTR, b"user.x", b"val", &mut buf);
+        encode_dir_item(
+            Key::new(257, 1, 0),
+            7,
+            BTRFS_FT_REG_FILE,
+            b"a",
+            b"",
+            &mut buf,
+        );
+        encode_dir_item(
+            Key::new(258, 1, 0),
+            7,
+            BTRFS_FT_XATTR,
+            b"user.x",
+            b"val",
+            &mut buf,
+        );
         let e = parse_dir_items(&buf).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].name, b"user.x");
@@ -420,8 +467,16 @@ mod tests {
         };
         p.extend_from_slice(zerocopy::IntoBytes::as_bytes(&ei));
         let refs = [
-            InlineRef::ExtentData { root: 5, objectid: 257, offset: 0, count: 2 },
-            InlineRef::SharedData { parent: 30408704, count: 1 },
+            InlineRef::ExtentData {
+                root: 5,
+                objectid: 257,
+                offset: 0,
+                count: 2,
+            },
+            InlineRef::SharedData {
+                parent: 30408704,
+                count: 1,
+            },
         ];
         for r in refs {
             r.encode(&mut p);

@@ -154,7 +154,11 @@ impl SuperBlock {
 
     /// The label up to its first NUL.
     pub fn label_bytes(&self) -> &[u8] {
-        let end = self.label.iter().position(|&b| b == 0).unwrap_or(self.label.len());
+        let end = self
+            .label
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.label.len());
         &self.label[..end]
     }
 }
@@ -510,6 +514,7 @@ impl Timespec {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // byte-level fixtures read better field by field
 mod tests {
     use super::*;
     use zerocopy::IntoBytes;
@@ -544,7 +549,11 @@ mod tests {
     fn short_input_is_an_error() {
         assert!(matches!(
             RootItem::read(&[0u8; 100]),
-            Err(crate::FormatError::TooShort { need: 439, have: 100, .. })
+            Err(crate::FormatError::TooShort {
+                need: 439,
+                have: 100,
+                ..
+            })
         ));
         assert!(RootItem::read_any(&[0u8; 239]).is_ok());
         assert!(Header::read(&[]).is_err());

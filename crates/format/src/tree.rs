@@ -93,6 +93,7 @@ impl<'a> TreeBlock<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // byte-level fixtures read better field by field
 mod tests {
     use super::*;
     use zerocopy::IntoBytes;

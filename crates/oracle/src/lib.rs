@@ -3,6 +3,8 @@
 //! functions, which print a loud SKIPPED line when the tool is missing, or
 //! panic when `FORGE_REQUIRE_ORACLES=1` (set by `cargo xtask test` where it
 //! could install them), so CI never passes by skipping.
+pub mod manifest;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -355,10 +355,8 @@ fn var_tree_items(
         .iter()
         .filter(|c| c.flags & BTRFS_BLOCK_GROUP_DATA != 0)
     {
-        let used = input
-            .data_allocated
+        let used = clip(&input.data_allocated, c.logical, c.end())
             .iter()
-            .filter(|r| c.contains(r.0))
             .map(|r| r.1)
             .sum();
         bg_used.insert(c.logical, used);
@@ -480,12 +478,7 @@ fn var_tree_items(
             } else if c.logical == pl.meta_alloc.start {
                 pl.meta_alloc.allocated.clone()
             } else {
-                input
-                    .data_allocated
-                    .iter()
-                    .copied()
-                    .filter(|r| c.contains(r.0))
-                    .collect()
+                clip(&input.data_allocated, c.logical, c.end())
             };
             let free = complement(c.logical, c.end(), &alloc);
             let info = FreeSpaceInfo {
@@ -556,6 +549,19 @@ fn var_tree_items(
         out.insert(BTRFS_BLOCK_GROUP_TREE_OBJECTID, bgt);
     }
     Ok(out)
+}
+
+/// The parts of sorted `ranges` inside `[start, end)`: adjacent chunks are
+/// contiguous in logical space, so a merged range may span two of them.
+fn clip(ranges: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .filter_map(|&(s, l)| {
+            let a = s.max(start);
+            let b = (s + l).min(end);
+            (a < b).then(|| (a, b - a))
+        })
+        .collect()
 }
 
 fn same_items(a: &TreeItems, b: &TreeItems) -> bool {
@@ -760,4 +766,17 @@ fn superblock(
         ..Default::default()
     };
     Ok(sb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_splits_ranges_at_chunk_edges() {
+        let r = [(0, 100), (150, 100), (300, 10)];
+        assert_eq!(clip(&r, 50, 200), vec![(50, 50), (150, 50)]);
+        assert_eq!(clip(&r, 200, 300), vec![(200, 50)]);
+        assert!(clip(&r, 400, 500).is_empty());
+    }
 }

@@ -149,12 +149,18 @@ impl<'a> DataAlloc<'a> {
 }
 
 /// Lay out data chunks from `start` (physical = logical) holding `bytes`.
-pub fn data_chunks(layout: &mut Layout, bytes: u64, flags: u64, stripes: usize) -> Vec<ChunkSpec> {
+pub fn data_chunks(
+    layout: &mut Layout,
+    bytes: u64,
+    flags: u64,
+    stripes: usize,
+    chunk_max: u64,
+) -> Vec<ChunkSpec> {
     let mut out = Vec::new();
     let mut remaining = bytes;
     loop {
         let mut len =
-            (remaining.max(MIB).div_ceil(BTRFS_STRIPE_LEN) * BTRFS_STRIPE_LEN).min(DATA_CHUNK_MAX);
+            (remaining.max(MIB).div_ceil(BTRFS_STRIPE_LEN) * BTRFS_STRIPE_LEN).min(chunk_max);
         // Room for superblock copies inside the chunk.
         let phys = layout.physical_end();
         let probe = ChunkSpec {
@@ -164,7 +170,7 @@ pub fn data_chunks(layout: &mut Layout, bytes: u64, flags: u64, stripes: usize) 
             stripes: (0..stripes as u64).map(|i| phys + i * len).collect(),
         };
         let lost: u64 = probe.excluded().iter().map(|r| r.1).sum();
-        len = (len + lost * 2).min(DATA_CHUNK_MAX);
+        len = (len + lost * 2).min(chunk_max);
         let c = layout.push_chunk(flags, len, stripes);
         let lost: u64 = c.excluded().iter().map(|r| r.1).sum();
         remaining = remaining.saturating_sub(c.length - lost);
@@ -183,9 +189,12 @@ pub fn plan(
     inline_limit: u64,
     data_flags: u64,
     data_stripes: usize,
+    chunk_max: u64,
 ) -> Result<DataPlan> {
     // Runs of every file (in order), and the bytes they need.
-    let mut runs_of: Vec<Vec<Option<Vec<(u64, u64)>>>> = Vec::new();
+    // Per subvolume, per node: the data runs of files stored in extents.
+    type Runs = Option<Vec<(u64, u64)>>;
+    let mut runs_of: Vec<Vec<Runs>> = Vec::new();
     let mut total = 0u64;
     let mut files: Vec<Vec<FileData>> = Vec::new();
     for sv in &scan.subvols {
@@ -213,7 +222,7 @@ pub fn plan(
         runs_of.push(r);
         files.push(f);
     }
-    let chunks = data_chunks(layout, total, data_flags, data_stripes);
+    let chunks = data_chunks(layout, total, data_flags, data_stripes, chunk_max);
     let mut alloc = DataAlloc::new(&chunks);
     let mut extents = Vec::new();
     for (si, sv) in runs_of.iter().enumerate() {
@@ -242,10 +251,14 @@ pub fn plan(
             files[si][ni] = FileData::Extents(first..extents.len());
         }
     }
+    // Merged per chunk: a range never spans two block groups.
     let mut allocated: Vec<(u64, u64)> = Vec::new();
+    let chunk_of = |a: u64| chunks.iter().position(|c| c.contains(a));
     for e in &extents {
         match allocated.last_mut() {
-            Some((s, l)) if *s + *l == e.disk_bytenr => *l += e.len,
+            Some((s, l)) if *s + *l == e.disk_bytenr && chunk_of(*s) == chunk_of(e.disk_bytenr) => {
+                *l += e.len
+            }
             _ => allocated.push((e.disk_bytenr, e.len)),
         }
     }

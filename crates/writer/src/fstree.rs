@@ -369,9 +369,9 @@ mod tests {
 
     #[test]
     fn csum_items_merge_and_split() {
-        let a = vec![1u8; 4 * 10];
-        let b = vec![2u8; 4 * 5];
-        let far = vec![3u8; 4];
+        let a = [1u8; 4 * 10];
+        let b = [2u8; 4 * 5];
+        let far = [3u8; 4];
         let ext = [
             (1 << 20, &a[..]),
             (1 << 20 | 40960, &b[..]),

@@ -145,6 +145,9 @@ pub fn empty_subvol_items(
 /// Root item of a subvolume tree (FS_TREE or a created subvolume).
 pub fn subvol_root_item(nodesize: u32, uuid: [u8; 16], now: (u64, u32), transid: u64) -> RootItem {
     let mut r = internal_root_item(nodesize);
+    // Without ROOT_ITEM_INIT the kernel takes the item for a legacy one and
+    // clears its flags (read-only included) when it loads the subvolume.
+    r.inode.flags = BTRFS_INODE_ROOT_ITEM_INIT.into();
     r.root_dirid = BTRFS_FIRST_FREE_OBJECTID.into();
     r.uuid = uuid;
     r.ctime = Timespec::new(now.0, now.1);

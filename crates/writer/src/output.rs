@@ -1,7 +1,7 @@
 //! The image file or device: sizing, refusing to clobber, positional writes,
 //! and the superblock copies (always written last).
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ pub struct Output {
 /// Signatures of filesystems and partition tables we refuse to overwrite without -f.
 fn detect_signature(f: &File, dev_size: u64) -> Option<String> {
     let mut head = vec![0u8; 68 * 1024];
-    let n = (&*f).take(head.len() as u64).read(&mut head).unwrap_or(0);
+    let n = f.read_at(&mut head, 0).unwrap_or(0);
     head.truncate(n);
     let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
     for mirror in 0..BTRFS_SUPER_MIRROR_MAX {

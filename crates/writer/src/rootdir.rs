@@ -15,7 +15,7 @@ use crate::scan::{scan, Scan, ScanOptions};
 use crate::{Error, Result};
 
 /// Options of a `--rootdir` run beyond the filesystem's own.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RootdirOptions {
     pub rootdir: PathBuf,
     pub scan: ScanOptions,
@@ -25,6 +25,22 @@ pub struct RootdirOptions {
     pub shrink: bool,
     /// Worker threads (0: all cores).
     pub threads: usize,
+    /// Largest data chunk (block group) to create.
+    pub data_chunk_max: u64,
+}
+
+impl RootdirOptions {
+    /// Defaults as `forge-mkfs` uses them.
+    pub fn new(rootdir: impl Into<PathBuf>) -> Self {
+        RootdirOptions {
+            rootdir: rootdir.into(),
+            scan: ScanOptions::default(),
+            max_inline: BTRFS_MAX_INLINE_DATA_SIZE_DEFAULT,
+            shrink: false,
+            threads: 0,
+            data_chunk_max: data::DATA_CHUNK_MAX,
+        }
+    }
 }
 
 /// The largest inline file: below one sector, within the leaf, at most `max_inline`.
@@ -71,6 +87,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         inline_limit(opts.max_inline, cfg.nodesize, cfg.sectorsize),
         BTRFS_BLOCK_GROUP_DATA | cfg.data_profile.flag(),
         cfg.data_profile.stripes(),
+        opts.data_chunk_max.max(MIB),
     )?;
     // A first estimate of metadata, to refuse a too-small -b before writing.
     let est_meta = estimate_metadata(&tree, &plan, cfg);
@@ -179,10 +196,12 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
             Err(e) => return Err(e),
         }
     };
+    // Room for the kernel after a read-write mount: its metadata reservations
+    // grow with the node size (nodesize * 8 levels * 2 per item).
     let slack = if opts.shrink {
         MIB
     } else {
-        (needed / 4).max(16 * MIB)
+        (needed / 4).max(16 * MIB).max(cfg.nodesize as u64 * 1024)
     };
     let meta_len = align(needed + slack, BTRFS_STRIPE_LEN);
     layout.push_chunk(meta_flags, meta_len, m.stripes());
@@ -197,7 +216,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         }
         Some(b) => b / cfg.sectorsize as u64 * cfg.sectorsize as u64,
         None if opts.shrink => end,
-        None => align(end + (end / 10).clamp(32 * MIB, 1 << 30), MIB),
+        None => align(end + (end / 10).clamp(64 * MIB, 1 << 30), MIB),
     };
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
