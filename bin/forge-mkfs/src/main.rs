@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use btrfs_format::CsumType;
+use btrfs_writer::compress::Compression;
 use btrfs_writer::config::{parse_size, FEATURE_LIST};
 use btrfs_writer::scan::{ScanOptions, SubvolSpec};
+
+mod progress;
 use btrfs_writer::summary::{parse_uuid, Summary};
 use btrfs_writer::{
     make_empty_filesystem, make_rootdir_filesystem, Features, MkfsConfig, Profile, RootdirOptions,
@@ -111,6 +114,23 @@ struct Args {
     /// Worker threads (default: all cores)
     #[arg(short = 'j', long = "threads", value_name = "N", default_value = "0")]
     threads: usize,
+    /// Compress file data: zstd[:1..15], zlib[:1..9], lzo or no (with --rootdir)
+    #[arg(long, value_name = "ALGO[:LEVEL]", requires = "rootdir")]
+    compress: Option<String>,
+    /// Compress every range, even of files whose start does not compress
+    #[arg(
+        long = "compress-force",
+        value_name = "ALGO[:LEVEL]",
+        requires = "rootdir",
+        conflicts_with = "compress"
+    )]
+    compress_force: Option<String>,
+    /// Store files of identical content once (shared extents)
+    #[arg(long, requires = "rootdir")]
+    dedupe: bool,
+    /// File data in flight at once (suffixes K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    memory: String,
 }
 
 /// "Now" for every timestamp: SOURCE_DATE_EPOCH when set (reproducible builds).
@@ -185,24 +205,40 @@ fn run(args: Args) -> Result<()> {
     let report = match &args.rootdir {
         None => make_empty_filesystem(&args.image, &cfg),
         Some(dir) => {
-            let opts = RootdirOptions {
-                data_chunk_max: RootdirOptions::new(dir).data_chunk_max,
-                rootdir: dir.clone(),
-                scan: ScanOptions {
-                    subvols: args
-                        .subvol
-                        .iter()
-                        .map(|s| SubvolSpec::parse(s))
-                        .collect::<Result<_, _>>()?,
-                    uid: args.uid.or(args.all_root.then_some(0)),
-                    gid: args.gid.or(args.all_root.then_some(0)),
-                    clamp: clamp_epoch()?,
-                },
-                max_inline: parse_size(&args.max_inline)?,
-                shrink: args.shrink,
-                threads: args.threads,
+            let compression = match (&args.compress, &args.compress_force) {
+                (Some(c), _) => Compression::parse(c, false)?,
+                (None, Some(c)) => Compression::parse(c, true)?,
+                (None, None) => None,
             };
-            make_rootdir_filesystem(&args.image, &cfg, &opts)
+            let mut opts = RootdirOptions::new(dir);
+            opts.compression = compression;
+            opts.dedupe = args.dedupe;
+            opts.memory = parse_size(&args.memory)?;
+            opts.max_inline = parse_size(&args.max_inline)?;
+            opts.shrink = args.shrink;
+            opts.threads = args.threads;
+            opts.scan = ScanOptions {
+                subvols: args
+                    .subvol
+                    .iter()
+                    .map(|s| SubvolSpec::parse(s))
+                    .collect::<Result<_, _>>()?,
+                uid: args.uid.or(args.all_root.then_some(0)),
+                gid: args.gid.or(args.all_root.then_some(0)),
+                clamp: clamp_epoch()?,
+            };
+            let started = std::time::Instant::now();
+            let bar = progress::start(&opts.progress, args.quiet);
+            let r = make_rootdir_filesystem(&args.image, &cfg, &opts);
+            progress::finish(bar);
+            if let Ok(rep) = &r {
+                if !args.quiet {
+                    if let Some(d) = &rep.data {
+                        eprintln!("{}", progress::summary_line(d, started.elapsed()));
+                    }
+                }
+            }
+            r
         }
     }
     .with_context(|| format!("cannot create a filesystem on {}", args.image.display()))?;

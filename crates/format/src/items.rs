@@ -247,7 +247,9 @@ impl InlineRef {
         }
     }
 
-    /// The within-type sort value the kernel orders inline refs by.
+    /// The within-type sort value of inline refs: in an extent item, types
+    /// ascend and, within one type, this value descends (the kernel's tree
+    /// checker rejects any other order).
     pub fn sort_offset(&self) -> u64 {
         match *self {
             InlineRef::TreeBlock { root } => root,

@@ -1,16 +1,29 @@
-//! File data: find each file's data runs, cut them into extents, give every
-//! extent its disk address in (subvolume, inode, offset) order, then read,
-//! checksum and write all extents in parallel.
+//! File data: the writer pipeline from delayed ordered extents to extents on
+//! disk with their checksums.
 //!
-//! Uncompressed extents have known sizes, so every address is decided before
-//! any byte is read: the image is the same whatever the thread count.
+//! 1. classify every file (parallel): nothing, inline (compressed when that is
+//!    smaller), raw extents, or compressed extents (the first range decides,
+//!    as in the kernel, unless compression is forced);
+//! 2. deduplicate identical files (`--dedupe`): the first file in sorted order
+//!    owns the extents, the others share them;
+//! 3. raw extents get their addresses up front (sizes are known) and are read,
+//!    checksummed and written in parallel;
+//! 4. compressible files are cut into ≤128 KiB delayed ordered extents, which
+//!    are compressed in parallel a bounded window at a time, then given disk
+//!    addresses strictly in (subvolume, inode, offset) order, then written and
+//!    checksummed in parallel.
+//!
+//! The order of allocation never depends on thread timing, so the image is
+//! byte-identical whatever the thread count.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use btrfs_format::*;
 use rayon::prelude::*;
 
+use crate::compress::{compress, worth_it, Compression};
 use crate::layout::{ChunkSpec, Layout, MIB};
 use crate::output::Output;
 use crate::scan::{Kind, Node, Scan};
@@ -20,38 +33,79 @@ use crate::{Error, Result};
 /// on small filesystems).
 pub const DATA_CHUNK_MAX: u64 = 1 << 30;
 
-/// One data extent of one file.
+/// Live counters for a progress display (updated by the workers).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    /// File bytes read so far.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to the image so far (compressed where compressed).
+    pub bytes_out: AtomicU64,
+}
+
+/// How file data is stored.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    pub sectorsize: u64,
+    pub csum: CsumType,
+    pub inline_limit: u64,
+    pub compression: Option<Compression>,
+    pub dedupe: bool,
+    pub chunk_max: u64,
+    pub data_flags: u64,
+    pub data_stripes: usize,
+    /// File data in flight at once on the compression path.
+    pub memory: u64,
+}
+
+/// One EXTENT_DATA item of a file pointing at a disk extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlannedExtent {
+pub struct FileExtent {
     pub subvol: usize,
     pub node: usize,
     pub file_offset: u64,
-    /// Bytes of the extent (a multiple of the sector size).
-    pub len: u64,
-    /// Bytes to read from the file (the rest of the last sector is zeros).
-    pub read_len: u64,
+    /// Bytes of file data (whole sectors); also `ram_bytes`.
+    pub num_bytes: u64,
     pub disk_bytenr: u64,
+    pub disk_num_bytes: u64,
+    pub compression: u8,
 }
 
-/// How each regular file is stored.
+/// How one regular file is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileData {
     /// Nothing on disk: empty or all holes.
     None,
-    /// Inline in the fs tree (read at build time; small).
-    Inline,
-    /// Regular extents: indices into `DataPlan::extents`.
+    /// Inline in the fs tree; `data` is compressed when `compression` is set.
+    Inline {
+        data: Vec<u8>,
+        ram: u64,
+        compression: u8,
+    },
+    /// Indices into `DataPlan::extents`.
     Extents(std::ops::Range<usize>),
 }
 
+/// The result of writing all file data.
 #[derive(Debug, Clone)]
 pub struct DataPlan {
-    pub extents: Vec<PlannedExtent>,
+    pub extents: Vec<FileExtent>,
     /// Per subvolume, per node.
     pub files: Vec<Vec<FileData>>,
+    /// Inode flags (COMPRESS, NOCOMPRESS) per subvolume, per node.
+    pub inode_flags: Vec<Vec<u64>>,
     pub chunks: Vec<ChunkSpec>,
-    /// Sorted, merged allocated ranges.
+    /// Sorted allocated ranges, never spanning two chunks.
     pub allocated: Vec<(u64, u64)>,
+    /// Checksums of every disk extent written: (disk_bytenr, sums).
+    pub csums: Vec<(u64, Vec<u8>)>,
+    /// Incompat bits the data needs (compression algorithms).
+    pub incompat: u64,
+    /// File bytes stored, and bytes they take on disk (data extents and inline).
+    pub bytes_in: u64,
+    pub bytes_on_disk: u64,
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -99,8 +153,60 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
     Ok(runs)
 }
 
-/// Allocator over the data chunks: hands out the longest piece it can at the
-/// cursor, never across a chunk end or a superblock copy.
+/// Read exactly `buf.len()` bytes at `offset`, or fail naming the file.
+fn read_exact_at(f: &File, path: &Path, buf: &mut [u8], offset: u64, size: u64) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "file shrank while being read (ended before byte {} of {size})",
+                            offset + got as u64
+                        ),
+                    ),
+                ))
+            }
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(path, "cannot read", e)),
+        }
+    }
+    Ok(())
+}
+
+fn check_size(f: &File, node: &Node) -> Result<()> {
+    let now = f
+        .metadata()
+        .map_err(|e| io_err(&node.path, "cannot stat", e))?
+        .len();
+    if now != node.stat.size {
+        return Err(Error::io(
+            &node.path,
+            std::io::Error::other(format!(
+                "file changed size while being read ({} bytes when scanned, {now} now)",
+                node.stat.size
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// File bytes of `[offset, offset+len)`, zero-padded past EOF.
+fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let mut buf = vec![0u8; len as usize];
+    let want = len.min(node.stat.size.saturating_sub(offset)) as usize;
+    read_exact_at(&f, &node.path, &mut buf[..want], offset, node.stat.size)?;
+    check_size(&f, node)?;
+    Ok(buf)
+}
+
+/// Allocator over the data chunks: hands out space at the cursor, never
+/// across a chunk end or a superblock copy.
 struct DataAlloc<'a> {
     chunks: &'a [ChunkSpec],
     excluded: Vec<Vec<(u64, u64)>>,
@@ -118,6 +224,7 @@ impl<'a> DataAlloc<'a> {
         }
     }
 
+    /// The longest free piece at the cursor, at most `len`.
     fn alloc_upto(&mut self, len: u64) -> Option<(u64, u64)> {
         loop {
             let c = self.chunks.get(self.chunk)?;
@@ -146,9 +253,20 @@ impl<'a> DataAlloc<'a> {
             return Some((at, got));
         }
     }
+
+    /// `len` contiguous bytes (skipping a piece too short to hold them).
+    fn alloc_exact(&mut self, len: u64) -> Option<u64> {
+        loop {
+            // A piece too short is skipped (at most 128 KiB goes unused).
+            let (at, got) = self.alloc_upto(len)?;
+            if got == len {
+                return Some(at);
+            }
+        }
+    }
 }
 
-/// Lay out data chunks from `start` (physical = logical) holding `bytes`.
+/// Lay out data chunks after the current end of the device holding `bytes`.
 pub fn data_chunks(
     layout: &mut Layout,
     bytes: u64,
@@ -181,55 +299,298 @@ pub fn data_chunks(
     }
 }
 
-/// Decide how every file is stored and where its extents go.
-pub fn plan(
-    scan: &Scan,
-    layout: &mut Layout,
-    sectorsize: u64,
-    inline_limit: u64,
-    data_flags: u64,
-    data_stripes: usize,
-    chunk_max: u64,
-) -> Result<DataPlan> {
-    // Runs of every file (in order), and the bytes they need.
-    // Per subvolume, per node: the data runs of files stored in extents.
-    type Runs = Option<Vec<(u64, u64)>>;
-    let mut runs_of: Vec<Vec<Runs>> = Vec::new();
-    let mut total = 0u64;
-    let mut files: Vec<Vec<FileData>> = Vec::new();
-    for sv in &scan.subvols {
-        let mut r = Vec::with_capacity(sv.nodes.len());
-        let mut f = Vec::with_capacity(sv.nodes.len());
-        for node in &sv.nodes {
-            if !matches!(node.kind, Kind::File) || node.stat.size == 0 {
-                r.push(None);
-                f.push(FileData::None);
-                continue;
-            }
-            let runs = data_runs(node, sectorsize)?;
-            if runs.is_empty() {
-                r.push(None);
-                f.push(FileData::None);
-            } else if node.stat.size <= inline_limit {
-                r.push(None);
-                f.push(FileData::Inline);
-            } else {
-                total += runs.iter().map(|(s, e)| e - s).sum::<u64>();
-                r.push(Some(runs));
-                f.push(FileData::None);
+/// How a file was classified before its data is written.
+#[derive(Debug, Clone)]
+enum Class {
+    Empty,
+    Inline {
+        data: Vec<u8>,
+        ram: u64,
+        compression: u8,
+    },
+    /// Data runs, written uncompressed; `nocompress` when compression gave up.
+    Raw {
+        runs: Vec<(u64, u64)>,
+        nocompress: bool,
+    },
+    /// Data runs, cut into ranges and compressed.
+    Compress {
+        runs: Vec<(u64, u64)>,
+    },
+    /// Same content as the given (subvolume, node), which owns the extents.
+    Dup {
+        owner: (usize, usize),
+    },
+}
+
+fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
+    if !matches!(node.kind, Kind::File) || node.stat.size == 0 {
+        return Ok(Class::Empty);
+    }
+    let runs = data_runs(node, opts.sectorsize)?;
+    if runs.is_empty() {
+        return Ok(Class::Empty);
+    }
+    let size = node.stat.size;
+    if size <= opts.inline_limit {
+        let raw = read_range(node, 0, size)?;
+        if let Some(c) = &opts.compression {
+            let z = compress(c, &raw, opts.sectorsize as usize)?;
+            if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
+                return Ok(Class::Inline {
+                    data: z,
+                    ram: size,
+                    compression: c.type_byte(),
+                });
             }
         }
-        runs_of.push(r);
-        files.push(f);
+        return Ok(Class::Inline {
+            data: raw,
+            ram: size,
+            compression: BTRFS_COMPRESS_NONE,
+        });
     }
-    let chunks = data_chunks(layout, total, data_flags, data_stripes, chunk_max);
+    match &opts.compression {
+        None => Ok(Class::Raw {
+            runs,
+            nocompress: false,
+        }),
+        Some(c) if c.force => Ok(Class::Compress { runs }),
+        Some(c) => {
+            // The kernel's rule: a file whose first range does not compress is
+            // written uncompressed and marked NOCOMPRESS.
+            let (s, e) = runs[0];
+            let len = (e - s).min(BTRFS_MAX_COMPRESSED);
+            let raw = read_range(node, s, len)?;
+            let z = compress(c, &raw, opts.sectorsize as usize)?;
+            if worth_it(z.len(), raw.len(), opts.sectorsize as usize) {
+                Ok(Class::Compress { runs })
+            } else {
+                Ok(Class::Raw {
+                    runs,
+                    nocompress: true,
+                })
+            }
+        }
+    }
+}
+
+/// Mark files whose content equals an earlier file's as duplicates.
+fn dedupe(scan: &Scan, classes: &mut [Vec<Class>]) -> Result<()> {
+    use std::collections::HashMap;
+    // Candidates grouped by (size, runs).
+    type Shape = (u64, Vec<(u64, u64)>); // size and data runs
+    let mut groups: HashMap<Shape, Vec<(usize, usize)>> = HashMap::new();
+    for (si, sv) in classes.iter().enumerate() {
+        for (ni, c) in sv.iter().enumerate() {
+            if let Class::Raw { runs, .. } | Class::Compress { runs } = c {
+                let size = scan.subvols[si].nodes[ni].stat.size;
+                groups
+                    .entry((size, runs.clone()))
+                    .or_default()
+                    .push((si, ni));
+            }
+        }
+    }
+    let candidates: Vec<(usize, usize)> = groups
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .flatten()
+        .collect();
+    // Strong hash of each candidate's data runs, in parallel.
+    let hashes: Vec<Result<((usize, usize), u128)>> = candidates
+        .par_iter()
+        .map(|&(si, ni)| {
+            let node = &scan.subvols[si].nodes[ni];
+            let runs = match &classes[si][ni] {
+                Class::Raw { runs, .. } | Class::Compress { runs } => runs.clone(),
+                _ => Vec::new(),
+            };
+            let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let mut buf = vec![0u8; MIB as usize];
+            for (s, e) in runs {
+                let e = e.min(node.stat.size);
+                let mut off = s;
+                while off < e {
+                    let n = (e - off).min(MIB) as usize;
+                    read_exact_at(&f, &node.path, &mut buf[..n], off, node.stat.size)?;
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+            }
+            Ok(((si, ni), h.digest128()))
+        })
+        .collect();
+    let mut by_hash: std::collections::BTreeMap<(u64, u128), Vec<(usize, usize)>> =
+        Default::default();
+    for r in hashes {
+        let ((si, ni), h) = r?;
+        by_hash
+            .entry((scan.subvols[si].nodes[ni].stat.size, h))
+            .or_default()
+            .push((si, ni));
+    }
+    for mut group in by_hash.into_values().filter(|g| g.len() > 1) {
+        group.sort_unstable();
+        let owner = group[0];
+        let a = &scan.subvols[owner.0].nodes[owner.1].path;
+        for &(si, ni) in &group[1..] {
+            // Confirm byte for byte before sharing.
+            let b = &scan.subvols[si].nodes[ni].path;
+            if same_content(a, b)? {
+                classes[si][ni] = Class::Dup { owner };
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut fa = File::open(a).map_err(|e| io_err(a, "cannot open", e))?;
+    let mut fb = File::open(b).map_err(|e| io_err(b, "cannot open", e))?;
+    let mut ba = vec![0u8; MIB as usize];
+    let mut bb = vec![0u8; MIB as usize];
+    loop {
+        let na = read_full(&mut fa, &mut ba).map_err(|e| io_err(a, "cannot read", e))?;
+        let nb = read_full(&mut fb, &mut bb).map_err(|e| io_err(b, "cannot read", e))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+    fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read(&mut buf[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Write `buf` at `logical` (every copy) and return its per-sector checksums.
+fn write_and_sum(
+    out: &Output,
+    layout: &Layout,
+    logical: u64,
+    buf: &[u8],
+    opts: &DataOptions,
+) -> Result<Vec<u8>> {
+    let cs = opts.csum.size();
+    let mut sums = vec![0u8; buf.len() / opts.sectorsize as usize * cs];
+    for (i, sector) in buf.chunks(opts.sectorsize as usize).enumerate() {
+        opts.csum
+            .compute_into(sector, &mut sums[i * cs..(i + 1) * cs]);
+    }
+    let phys = layout
+        .physical(logical)
+        .ok_or_else(|| Error::Internal(format!("data at {logical} outside chunks")))?;
+    for p in phys {
+        out.write_at(buf, p)?;
+    }
+    Ok(sums)
+}
+
+/// Classify, deduplicate, compress, place and write all file data.
+pub fn write_all(
+    scan: &Scan,
+    layout: &mut Layout,
+    out_for: &mut dyn FnMut(&Layout, u64) -> Result<Output>,
+    opts: &DataOptions,
+    progress: &Progress,
+) -> Result<(Output, DataPlan)> {
+    let ss = opts.sectorsize;
+    // 1. Classify.
+    let flat: Vec<(usize, usize)> = scan
+        .subvols
+        .iter()
+        .enumerate()
+        .flat_map(|(si, sv)| (0..sv.nodes.len()).map(move |ni| (si, ni)))
+        .collect();
+    let files_total = flat
+        .iter()
+        .filter(|&&(si, ni)| matches!(scan.subvols[si].nodes[ni].kind, Kind::File))
+        .count() as u64;
+    progress.files_total.store(files_total, Ordering::Relaxed);
+    progress.bytes_total.store(
+        flat.iter()
+            .map(|&(si, ni)| &scan.subvols[si].nodes[ni])
+            .filter(|n| matches!(n.kind, Kind::File))
+            .map(|n| n.stat.size)
+            .sum(),
+        Ordering::Relaxed,
+    );
+    let classified: Vec<Result<Class>> = flat
+        .par_iter()
+        .map(|&(si, ni)| classify(&scan.subvols[si].nodes[ni], opts))
+        .collect();
+    let mut classes: Vec<Vec<Class>> = scan
+        .subvols
+        .iter()
+        .map(|s| Vec::with_capacity(s.nodes.len()))
+        .collect();
+    for (&(si, _), c) in flat.iter().zip(classified) {
+        classes[si].push(c?);
+    }
+    // 2. Deduplicate.
+    if opts.dedupe {
+        dedupe(scan, &mut classes)?;
+    }
+    // Data chunks for the worst case (nothing compresses).
+    let mut upper = 0u64;
+    let mut compressed_ranges = 0u64;
+    for c in classes.iter().flatten() {
+        match c {
+            Class::Raw { runs, .. } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
+            Class::Compress { runs } => {
+                let b: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+                upper += b;
+                compressed_ranges += b.div_ceil(BTRFS_MAX_COMPRESSED);
+            }
+            _ => {}
+        }
+    }
+    // Compressed extents never split: allow for skipping short pieces.
+    let slack = if compressed_ranges > 0 {
+        4 * BTRFS_MAX_COMPRESSED * (upper / opts.chunk_max + 2)
+    } else {
+        0
+    };
+    let chunk_start = layout.chunks.len();
+    let chunks = data_chunks(
+        layout,
+        upper + slack,
+        opts.data_flags,
+        opts.data_stripes,
+        opts.chunk_max,
+    );
+    let out = out_for(layout, upper + slack)?;
     let mut alloc = DataAlloc::new(&chunks);
-    let mut extents = Vec::new();
-    for (si, sv) in runs_of.iter().enumerate() {
-        for (ni, runs) in sv.iter().enumerate() {
-            let Some(runs) = runs else { continue };
-            let size = scan.subvols[si].nodes[ni].stat.size;
-            let first = extents.len();
+    let mut per_node: Vec<Vec<Vec<FileExtent>>> = scan
+        .subvols
+        .iter()
+        .map(|s| vec![Vec::new(); s.nodes.len()])
+        .collect();
+    let mut csums: Vec<(u64, Vec<u8>)> = Vec::new();
+
+    // 3. Raw extents: addresses first, then parallel read + csum + write.
+    struct RawExtent {
+        si: usize,
+        ni: usize,
+        file_offset: u64,
+        len: u64,
+        disk: u64,
+    }
+    let mut raw = Vec::new();
+    for (si, sv) in classes.iter().enumerate() {
+        for (ni, c) in sv.iter().enumerate() {
+            let Class::Raw { runs, .. } = c else { continue };
             for &(s, e) in runs {
                 let mut off = s;
                 while off < e {
@@ -237,111 +598,259 @@ pub fn plan(
                     let (at, got) = alloc
                         .alloc_upto(want)
                         .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                    extents.push(PlannedExtent {
-                        subvol: si,
-                        node: ni,
+                    raw.push(RawExtent {
+                        si,
+                        ni,
                         file_offset: off,
                         len: got,
-                        read_len: got.min(size.saturating_sub(off)),
-                        disk_bytenr: at,
+                        disk: at,
                     });
                     off += got;
                 }
             }
-            files[si][ni] = FileData::Extents(first..extents.len());
         }
     }
-    // Merged per chunk: a range never spans two block groups.
-    let mut allocated: Vec<(u64, u64)> = Vec::new();
-    let chunk_of = |a: u64| chunks.iter().position(|c| c.contains(a));
-    for e in &extents {
-        match allocated.last_mut() {
-            Some((s, l)) if *s + *l == e.disk_bytenr && chunk_of(*s) == chunk_of(e.disk_bytenr) => {
-                *l += e.len
-            }
-            _ => allocated.push((e.disk_bytenr, e.len)),
-        }
-    }
-    Ok(DataPlan {
-        extents,
-        files,
-        chunks,
-        allocated,
-    })
-}
-
-/// Read, checksum and write every extent; returns each extent's checksums.
-pub fn write(
-    scan: &Scan,
-    plan: &DataPlan,
-    layout: &Layout,
-    out: &Output,
-    csum: CsumType,
-    sectorsize: u64,
-) -> Result<Vec<Vec<u8>>> {
-    const BUF: u64 = MIB;
-    plan.extents
+    let raw_sums: Vec<Result<Vec<u8>>> = raw
         .par_iter()
         .map(|e| {
-            let node = &scan.subvols[e.subvol].nodes[e.node];
-            let path = &node.path;
-            let f = File::open(path).map_err(|err| io_err(path, "cannot open", err))?;
-            let mut sums = vec![0u8; (e.len / sectorsize) as usize * csum.size()];
-            let mut buf = vec![0u8; e.len.min(BUF) as usize];
-            let mut done = 0u64;
+            let node = &scan.subvols[e.si].nodes[e.ni];
+            let f = File::open(&node.path).map_err(|err| io_err(&node.path, "cannot open", err))?;
+            let mut sums = Vec::with_capacity((e.len / ss) as usize * opts.csum.size());
+            let mut buf = vec![0u8; e.len.min(MIB) as usize];
+            let mut done = 0;
             while done < e.len {
-                let n = (e.len - done).min(BUF) as usize;
-                let want = e.read_len.saturating_sub(done).min(n as u64) as usize;
-                let mut got = 0;
-                while got < want {
-                    match f.read_at(&mut buf[got..want], e.file_offset + done + got as u64) {
-                        Ok(0) => {
-                            return Err(Error::io(
-                                path,
-                                std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    format!(
-                                        "file shrank while being read (ended before byte {} of {})",
-                                        e.file_offset + done + got as u64,
-                                        node.stat.size
-                                    ),
-                                ),
-                            ))
-                        }
-                        Ok(k) => got += k,
-                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(err) => return Err(io_err(path, "cannot read", err)),
-                    }
-                }
+                let n = (e.len - done).min(MIB) as usize;
+                let at = e.file_offset + done;
+                let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
+                read_exact_at(&f, &node.path, &mut buf[..want], at, node.stat.size)?;
                 buf[want..n].fill(0);
-                let first_sector = (done / sectorsize) as usize;
-                for (i, sector) in buf[..n].chunks(sectorsize as usize).enumerate() {
-                    let at = (first_sector + i) * csum.size();
-                    csum.compute_into(sector, &mut sums[at..at + csum.size()]);
-                }
-                let logical = e.disk_bytenr + done;
-                let phys = layout
-                    .physical(logical)
-                    .ok_or_else(|| Error::Internal(format!("data at {logical} outside chunks")))?;
-                for p in phys {
-                    out.write_at(&buf[..n], p)?;
-                }
+                sums.extend(write_and_sum(&out, layout, e.disk + done, &buf[..n], opts)?);
+                progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
+                progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 done += n as u64;
             }
-            let now = f
-                .metadata()
-                .map_err(|err| io_err(path, "cannot stat", err))?
-                .len();
-            if now != node.stat.size {
-                return Err(Error::io(
-                    path,
-                    std::io::Error::other(format!(
-                        "file changed size while being read ({} bytes when scanned, {now} now)",
-                        node.stat.size
-                    )),
-                ));
-            }
+            check_size(&f, node)?;
             Ok(sums)
         })
-        .collect()
+        .collect();
+    for (e, s) in raw.iter().zip(raw_sums) {
+        csums.push((e.disk, s?));
+        per_node[e.si][e.ni].push(FileExtent {
+            subvol: e.si,
+            node: e.ni,
+            file_offset: e.file_offset,
+            num_bytes: e.len,
+            disk_bytenr: e.disk,
+            disk_num_bytes: e.len,
+            compression: BTRFS_COMPRESS_NONE,
+        });
+    }
+
+    // 4. Compressed ranges, a window at a time.
+    if let Some(c) = &opts.compression {
+        let mut ranges: Vec<(usize, usize, u64, u64)> = Vec::new();
+        for (si, sv) in classes.iter().enumerate() {
+            for (ni, cl) in sv.iter().enumerate() {
+                let Class::Compress { runs } = cl else {
+                    continue;
+                };
+                for &(s, e) in runs {
+                    let mut off = s;
+                    while off < e {
+                        let len = (e - off).min(BTRFS_MAX_COMPRESSED);
+                        ranges.push((si, ni, off, len));
+                        off += len;
+                    }
+                }
+            }
+        }
+        let window = (opts.memory / 2).max(BTRFS_MAX_COMPRESSED);
+        let mut i = 0;
+        while i < ranges.len() {
+            let mut j = i;
+            let mut bytes = 0;
+            while j < ranges.len() && (j == i || bytes + ranges[j].3 <= window) {
+                bytes += ranges[j].3;
+                j += 1;
+            }
+            // Compress in parallel (the delayed ordered extents).
+            let done: Vec<Result<(Vec<u8>, bool)>> = ranges[i..j]
+                .par_iter()
+                .map(|&(si, ni, off, len)| {
+                    let node = &scan.subvols[si].nodes[ni];
+                    let raw = read_range(node, off, len)?;
+                    progress
+                        .bytes_in
+                        .fetch_add(len.min(node.stat.size - off), Ordering::Relaxed);
+                    let z = compress(c, &raw, ss as usize)?;
+                    if worth_it(z.len(), raw.len(), ss as usize) {
+                        let mut z = z;
+                        z.resize(z.len().div_ceil(ss as usize) * ss as usize, 0);
+                        Ok((z, true))
+                    } else {
+                        Ok((raw, false))
+                    }
+                })
+                .collect();
+            // Allocate strictly in order.
+            let mut placed = Vec::with_capacity(j - i);
+            for (k, r) in done.into_iter().enumerate() {
+                let (buf, compressed) = r?;
+                let at = alloc
+                    .alloc_exact(buf.len() as u64)
+                    .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                placed.push((ranges[i + k], buf, compressed, at));
+            }
+            // Write and checksum in parallel.
+            let sums: Vec<Result<Vec<u8>>> = placed
+                .par_iter()
+                .map(|(_, buf, _, at)| {
+                    let s = write_and_sum(&out, layout, *at, buf, opts)?;
+                    progress
+                        .bytes_out
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    Ok(s)
+                })
+                .collect();
+            for ((r, buf, compressed, at), s) in placed.into_iter().zip(sums) {
+                let (si, ni, off, len) = r;
+                csums.push((at, s?));
+                per_node[si][ni].push(FileExtent {
+                    subvol: si,
+                    node: ni,
+                    file_offset: off,
+                    num_bytes: len,
+                    disk_bytenr: at,
+                    disk_num_bytes: buf.len() as u64,
+                    compression: if compressed {
+                        c.type_byte()
+                    } else {
+                        BTRFS_COMPRESS_NONE
+                    },
+                });
+            }
+            i = j;
+        }
+    }
+
+    // Trim the data chunks to what was used.
+    let used_end = alloc.cursor;
+    let mut kept = Vec::new();
+    for (k, ch) in chunks.iter().enumerate() {
+        let mut ch = ch.clone();
+        if k > 0 && ch.logical >= used_end {
+            layout.chunks.retain(|c| c.logical != ch.logical);
+            continue;
+        }
+        if used_end < ch.end() {
+            let len =
+                (used_end - ch.logical).max(MIB).div_ceil(BTRFS_STRIPE_LEN) * BTRFS_STRIPE_LEN;
+            let len = len.min(ch.length);
+            if let Some(lc) = layout.chunks.iter_mut().find(|c| c.logical == ch.logical) {
+                lc.length = len;
+            }
+            ch.length = len;
+        }
+        kept.push(ch);
+    }
+    let _ = chunk_start;
+
+    // 5. Flatten per file; duplicates share their owner's extents.
+    let mut extents = Vec::new();
+    let mut files: Vec<Vec<FileData>> = Vec::new();
+    let mut inode_flags: Vec<Vec<u64>> = Vec::new();
+    let mut incompat = 0;
+    let mut bytes_in = 0;
+    let mut bytes_on_disk = 0;
+    for (si, sv) in classes.iter().enumerate() {
+        let mut f = Vec::with_capacity(sv.len());
+        let mut fl = Vec::with_capacity(sv.len());
+        for (ni, c) in sv.iter().enumerate() {
+            let node = &scan.subvols[si].nodes[ni];
+            let mut flags = 0;
+            let data = match c {
+                Class::Empty => FileData::None,
+                Class::Inline {
+                    data,
+                    ram,
+                    compression,
+                } => {
+                    bytes_in += ram;
+                    bytes_on_disk += data.len() as u64;
+                    if *compression != BTRFS_COMPRESS_NONE {
+                        flags |= BTRFS_INODE_COMPRESS;
+                    }
+                    FileData::Inline {
+                        data: data.clone(),
+                        ram: *ram,
+                        compression: *compression,
+                    }
+                }
+                Class::Raw { .. } | Class::Compress { .. } | Class::Dup { .. } => {
+                    let (osi, oni) = match c {
+                        Class::Dup { owner } => *owner,
+                        _ => (si, ni),
+                    };
+                    if let Class::Raw {
+                        nocompress: true, ..
+                    } = c
+                    {
+                        flags |= BTRFS_INODE_NOCOMPRESS;
+                    }
+                    let start = extents.len();
+                    for e in &per_node[osi][oni] {
+                        if e.compression != BTRFS_COMPRESS_NONE {
+                            flags |= BTRFS_INODE_COMPRESS;
+                        }
+                        if !matches!(c, Class::Dup { .. }) {
+                            bytes_on_disk += e.disk_num_bytes;
+                        }
+                        extents.push(FileExtent {
+                            subvol: si,
+                            node: ni,
+                            ..*e
+                        });
+                    }
+                    bytes_in += node.stat.size;
+                    FileData::Extents(start..extents.len())
+                }
+            };
+            if let Some(c) = &opts.compression {
+                if flags & BTRFS_INODE_COMPRESS != 0 {
+                    incompat |= c.incompat_flag();
+                }
+            }
+            if matches!(node.kind, Kind::File) {
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            f.push(data);
+            fl.push(flags);
+        }
+        files.push(f);
+        inode_flags.push(fl);
+    }
+    csums.sort_by_key(|c| c.0);
+    let mut allocated: Vec<(u64, u64)> = Vec::new();
+    let chunk_of = |a: u64| kept.iter().position(|c| c.contains(a));
+    for &(at, ref s) in &csums {
+        let len = (s.len() / opts.csum.size()) as u64 * ss;
+        match allocated.last_mut() {
+            Some((st, l)) if *st + *l == at && chunk_of(*st) == chunk_of(at) => *l += len,
+            _ => allocated.push((at, len)),
+        }
+    }
+    Ok((
+        out,
+        DataPlan {
+            extents,
+            files,
+            inode_flags,
+            chunks: kept,
+            allocated,
+            csums,
+            incompat,
+            bytes_in,
+            bytes_on_disk,
+        },
+    ))
 }

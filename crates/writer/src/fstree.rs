@@ -1,7 +1,6 @@
 //! Items of the subvolume trees, the data extent items and the csum items,
 //! from the scanned tree and the data plan.
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 
 use btrfs_format::items::{encode_dir_item, InlineRef};
 use btrfs_format::*;
@@ -9,7 +8,7 @@ use zerocopy::IntoBytes;
 
 use crate::btree::TreeItems;
 use crate::data::{DataPlan, FileData};
-use crate::scan::{Kind, Node, Scan, Target, Time};
+use crate::scan::{Kind, Scan, Target, Time};
 use crate::{Error, Result};
 
 /// Settings the items depend on.
@@ -31,42 +30,6 @@ fn max_item(nodesize: u32) -> usize {
     leaf_data_size(nodesize) - Item::SIZE
 }
 
-fn inline_data(node: &Node) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(&node.path).map_err(|e| {
-        Error::io(
-            &node.path,
-            std::io::Error::new(e.kind(), format!("cannot open: {e}")),
-        )
-    })?;
-    let mut buf = vec![0u8; node.stat.size as usize];
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => {
-                return Err(Error::io(
-                    &node.path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "file shrank while being read ({got} of {} bytes)",
-                            buf.len()
-                        ),
-                    ),
-                ))
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Error::io(
-                    &node.path,
-                    std::io::Error::new(e.kind(), format!("cannot read: {e}")),
-                ))
-            }
-        }
-    }
-    Ok(buf)
-}
-
 fn push_file_extent(items: &mut TreeItems, ino: u64, offset: u64, fe: &FileExtentItem) {
     items.push_struct(Key::new(ino, BTRFS_EXTENT_DATA_KEY, offset), fe);
 }
@@ -81,14 +44,8 @@ fn hole(gen: u64, len: u64) -> FileExtentItem {
     }
 }
 
-/// Items of subvolume `si`. Also appends the data extent items of its files.
-pub fn subvol_items(
-    scan: &Scan,
-    si: usize,
-    plan: &DataPlan,
-    p: &FsParams,
-    data_extents: &mut TreeItems,
-) -> Result<TreeItems> {
+/// Items of subvolume `si`.
+pub fn subvol_items(scan: &Scan, si: usize, plan: &DataPlan, p: &FsParams) -> Result<TreeItems> {
     let sv = &scan.subvols[si];
     let gen = p.generation;
     let mut items = TreeItems::new();
@@ -149,9 +106,21 @@ pub fn subvol_items(
             items.push(Key::new(ino, BTRFS_XATTR_ITEM_KEY, h), &payload);
         }
         // Content.
+        let inline = |items: &mut TreeItems, data: &[u8], ram: u64, compression: u8| {
+            let h = FileExtentItemHeader {
+                generation: gen.into(),
+                ram_bytes: ram.into(),
+                compression,
+                type_: BTRFS_FILE_EXTENT_INLINE,
+                ..Default::default()
+            };
+            items.push_with(Key::new(ino, BTRFS_EXTENT_DATA_KEY, 0), |o| {
+                o.extend_from_slice(h.as_bytes());
+                o.extend_from_slice(data);
+            });
+        };
         match &node.kind {
-            Kind::Dir { .. } => {}
-            Kind::Special => {}
+            Kind::Dir { .. } | Kind::Special => {}
             Kind::Symlink { target } => {
                 let max = max_inline_item_data(p.nodesize).min(4095);
                 if target.len() > max {
@@ -162,16 +131,7 @@ pub fn subvol_items(
                         p.nodesize
                     )));
                 }
-                let h = FileExtentItemHeader {
-                    generation: gen.into(),
-                    ram_bytes: (target.len() as u64).into(),
-                    type_: BTRFS_FILE_EXTENT_INLINE,
-                    ..Default::default()
-                };
-                items.push_with(Key::new(ino, BTRFS_EXTENT_DATA_KEY, 0), |o| {
-                    o.extend_from_slice(h.as_bytes());
-                    o.extend_from_slice(target);
-                });
+                inline(&mut items, target, target.len() as u64, BTRFS_COMPRESS_NONE);
                 size = target.len() as u64;
                 nbytes = size;
             }
@@ -181,19 +141,13 @@ pub fn subvol_items(
                 let mut covered = 0u64; // for explicit holes without no-holes
                 match &plan.files[si][ni] {
                     FileData::None => {}
-                    FileData::Inline => {
-                        let data = inline_data(node)?;
-                        let h = FileExtentItemHeader {
-                            generation: gen.into(),
-                            ram_bytes: (data.len() as u64).into(),
-                            type_: BTRFS_FILE_EXTENT_INLINE,
-                            ..Default::default()
-                        };
-                        items.push_with(Key::new(ino, BTRFS_EXTENT_DATA_KEY, 0), |o| {
-                            o.extend_from_slice(h.as_bytes());
-                            o.extend_from_slice(&data);
-                        });
-                        nbytes = data.len() as u64;
+                    FileData::Inline {
+                        data,
+                        ram,
+                        compression,
+                    } => {
+                        inline(&mut items, data, *ram, *compression);
+                        nbytes = *ram;
                         covered = u64::MAX;
                     }
                     FileData::Extents(r) => {
@@ -208,35 +162,18 @@ pub fn subvol_items(
                             }
                             let fe = FileExtentItem {
                                 generation: gen.into(),
-                                ram_bytes: e.len.into(),
+                                ram_bytes: e.num_bytes.into(),
+                                compression: e.compression,
                                 type_: BTRFS_FILE_EXTENT_REG,
                                 disk_bytenr: e.disk_bytenr.into(),
-                                disk_num_bytes: e.len.into(),
+                                disk_num_bytes: e.disk_num_bytes.into(),
                                 offset: 0.into(),
-                                num_bytes: e.len.into(),
+                                num_bytes: e.num_bytes.into(),
                                 ..Default::default()
                             };
                             push_file_extent(&mut items, ino, e.file_offset, &fe);
-                            nbytes += e.len;
-                            covered = e.file_offset + e.len;
-                            let ei = ExtentItem {
-                                refs: 1.into(),
-                                generation: gen.into(),
-                                flags: BTRFS_EXTENT_FLAG_DATA.into(),
-                            };
-                            let r = InlineRef::ExtentData {
-                                root: sv.id,
-                                objectid: ino,
-                                offset: e.file_offset,
-                                count: 1,
-                            };
-                            data_extents.push_with(
-                                Key::new(e.disk_bytenr, BTRFS_EXTENT_ITEM_KEY, e.len),
-                                |o| {
-                                    o.extend_from_slice(ei.as_bytes());
-                                    r.encode(o);
-                                },
-                            );
+                            nbytes += e.num_bytes;
+                            covered = e.file_offset + e.num_bytes;
                         }
                     }
                 }
@@ -317,6 +254,7 @@ pub fn subvol_items(
             gid: st.gid.into(),
             mode: st.mode.into(),
             rdev: st.rdev.into(),
+            flags: plan.inode_flags[si][ni].into(),
             atime: ts(st.atime),
             ctime: ts(st.ctime),
             mtime: ts(st.mtime),
@@ -326,6 +264,79 @@ pub fn subvol_items(
         items.push_struct(Key::new(ino, BTRFS_INODE_ITEM_KEY, 0), &inode);
     }
     Ok(items)
+}
+
+/// Inline data refs per extent item; more go into keyed EXTENT_DATA_REF items.
+const MAX_INLINE_DATA_REFS: usize = 8;
+
+/// One EXTENT_ITEM per disk extent, its references counting every file
+/// extent that points at it (shared extents from `--dedupe` included).
+pub fn data_extent_items(scan: &Scan, plan: &DataPlan, gen: u64) -> TreeItems {
+    // (bytenr, length) -> (root, inode, file offset) -> count
+    type Users = BTreeMap<(u64, u64, u64), u32>;
+    let mut by_disk: BTreeMap<(u64, u64), Users> = BTreeMap::new();
+    for e in &plan.extents {
+        let root = scan.subvols[e.subvol].id;
+        let ino = scan.subvols[e.subvol].nodes[e.node].ino;
+        *by_disk
+            .entry((e.disk_bytenr, e.disk_num_bytes))
+            .or_default()
+            .entry((root, ino, e.file_offset))
+            .or_default() += 1;
+    }
+    let mut items = TreeItems::new();
+    for ((bytenr, len), users) in by_disk {
+        let mut refs: Vec<InlineRef> = users
+            .into_iter()
+            .map(|((root, objectid, offset), count)| InlineRef::ExtentData {
+                root,
+                objectid,
+                offset,
+                count,
+            })
+            .collect();
+        // The kernel keeps inline refs of one type in descending hash order
+        // (its tree checker rejects any other order).
+        refs.sort_by_key(|r| std::cmp::Reverse(r.sort_offset()));
+        let total: u64 = refs.iter().map(|r| r.count()).sum();
+        let ei = ExtentItem {
+            refs: total.into(),
+            generation: gen.into(),
+            flags: BTRFS_EXTENT_FLAG_DATA.into(),
+        };
+        let keyed = refs.split_off(refs.len().min(MAX_INLINE_DATA_REFS));
+        items.push_with(Key::new(bytenr, BTRFS_EXTENT_ITEM_KEY, len), |o| {
+            o.extend_from_slice(ei.as_bytes());
+            for r in &refs {
+                r.encode(o);
+            }
+        });
+        let mut used = std::collections::BTreeSet::new();
+        for r in keyed {
+            let InlineRef::ExtentData {
+                root,
+                objectid,
+                offset,
+                count,
+            } = r
+            else {
+                continue;
+            };
+            // Hash collisions take the next free offset, as the kernel does.
+            let mut h = r.sort_offset();
+            while !used.insert(h) {
+                h = h.wrapping_add(1);
+            }
+            let d = ExtentDataRef {
+                root: root.into(),
+                objectid: objectid.into(),
+                offset: offset.into(),
+                count: count.into(),
+            };
+            items.push_struct(Key::new(bytenr, BTRFS_EXTENT_DATA_REF_KEY, h), &d);
+        }
+    }
+    items
 }
 
 /// EXTENT_CSUM items: contiguous checksums merged, split at the kernel's item limit.

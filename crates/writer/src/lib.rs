@@ -5,6 +5,7 @@
 
 pub mod btree;
 pub mod commit;
+pub mod compress;
 pub mod config;
 pub mod data;
 pub mod fstree;

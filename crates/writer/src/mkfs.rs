@@ -20,6 +20,18 @@ const MIN_DATA_CHUNK: u64 = 8 * MIB;
 pub struct MkfsReport {
     pub layout: Layout,
     pub commit: CommitReport,
+    /// What was imported (with --rootdir).
+    pub data: Option<DataStats>,
+}
+
+/// Totals of an import, for the summary line.
+#[derive(Debug, Clone, Copy)]
+pub struct DataStats {
+    pub files: u64,
+    /// File bytes stored (holes excluded from nothing: apparent sizes).
+    pub bytes_in: u64,
+    /// Bytes those files take on disk (compressed extents, inline data).
+    pub bytes_on_disk: u64,
 }
 
 /// A UUID derived from the filesystem's, so that one `-U` fixes them all.
@@ -197,5 +209,9 @@ pub fn make_empty_filesystem(path: &Path, cfg: &MkfsConfig) -> Result<MkfsReport
         extra_incompat: 0,
     };
     let commit = commit(&out, &input)?;
-    Ok(MkfsReport { layout, commit })
+    Ok(MkfsReport {
+        layout,
+        commit,
+        data: None,
+    })
 }

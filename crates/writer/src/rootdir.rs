@@ -1,14 +1,16 @@
 //! `--rootdir`: scan a directory tree, write its data, build its trees, commit.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use btrfs_format::*;
 
 use crate::btree::TreeItems;
 use crate::commit::{commit, metadata_needed, CommitInput, SubvolInput};
+use crate::compress::Compression;
 use crate::config::MkfsConfig;
-use crate::data;
-use crate::fstree::{csum_items, subvol_items, FsParams};
-use crate::layout::{ChunkSpec, Layout, MIB};
+use crate::data::{self, DataOptions, Progress};
+use crate::fstree::{csum_items, data_extent_items, subvol_items, FsParams};
+use crate::layout::{Layout, MIB};
 use crate::mkfs::{derive_uuid, identity, subvol_root_item, MkfsReport, SYSTEM_CHUNK_SIZE};
 use crate::output::Output;
 use crate::scan::{scan, Scan, ScanOptions};
@@ -27,6 +29,13 @@ pub struct RootdirOptions {
     pub threads: usize,
     /// Largest data chunk (block group) to create.
     pub data_chunk_max: u64,
+    pub compression: Option<Compression>,
+    /// Share one extent between files of identical content.
+    pub dedupe: bool,
+    /// File data in flight at once.
+    pub memory: u64,
+    /// Counters a caller may display while the import runs.
+    pub progress: Arc<Progress>,
 }
 
 impl RootdirOptions {
@@ -39,6 +48,10 @@ impl RootdirOptions {
             shrink: false,
             threads: 0,
             data_chunk_max: data::DATA_CHUNK_MAX,
+            compression: None,
+            dedupe: false,
+            memory: 256 * MIB,
+            progress: Arc::default(),
         }
     }
 }
@@ -68,6 +81,23 @@ pub fn make_rootdir_filesystem(
     pool.install(|| build(path, cfg, opts))
 }
 
+/// Reserve disk space for the image up front, so that a full disk is a clear
+/// error now rather than a failed write later.
+fn reserve(out: &Output, len: u64) -> Result<bool> {
+    if out.is_block_device || len == 0 {
+        return Ok(false);
+    }
+    match rustix::fs::fallocate(out.file(), rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NOSPC) => Err(Error::NoSpace(format!(
+            "{}: not enough free disk space for the image ({} needed)",
+            out.path.display(),
+            crate::summary::human(len)
+        ))),
+        Err(_) => Ok(false), // not supported here: write lazily
+    }
+}
+
 fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsReport> {
     let tree = scan(&opts.rootdir, &opts.scan)?;
     let m = cfg.metadata_profile;
@@ -80,28 +110,38 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         SYSTEM_CHUNK_SIZE,
         m.stripes(),
     );
-    let plan = data::plan(
-        &tree,
-        &mut layout,
-        cfg.sectorsize as u64,
-        inline_limit(opts.max_inline, cfg.nodesize, cfg.sectorsize),
-        BTRFS_BLOCK_GROUP_DATA | cfg.data_profile.flag(),
-        cfg.data_profile.stripes(),
-        opts.data_chunk_max.max(MIB),
-    )?;
-    // A first estimate of metadata, to refuse a too-small -b before writing.
-    let est_meta = estimate_metadata(&tree, &plan, cfg);
-    let est_end = layout.physical_end() + est_meta * m.stripes() as u64;
-    if let Some(b) = cfg.byte_count {
-        if est_end > b {
-            return Err(Error::NoSpace(format!(
-                "the tree needs about {est_end} bytes ({}) but -b gives {b}",
-                crate::summary::human(est_end)
-            )));
+    let dopts = DataOptions {
+        sectorsize: cfg.sectorsize as u64,
+        csum: cfg.csum,
+        inline_limit: inline_limit(opts.max_inline, cfg.nodesize, cfg.sectorsize),
+        compression: opts.compression,
+        dedupe: opts.dedupe,
+        chunk_max: opts.data_chunk_max.max(MIB),
+        data_flags: BTRFS_BLOCK_GROUP_DATA | cfg.data_profile.flag(),
+        data_stripes: cfg.data_profile.stripes(),
+        memory: opts.memory,
+    };
+    let est_meta = estimate_metadata(&tree, cfg);
+    let mut reserved = 0;
+    // The output is opened once the data chunks are laid out: a too-small -b
+    // is refused before anything is written.
+    let mut open = |l: &Layout, _data: u64| -> Result<Output> {
+        let est_end = l.physical_end() + est_meta * m.stripes() as u64;
+        if let Some(b) = cfg.byte_count {
+            if est_end > b {
+                return Err(Error::NoSpace(format!(
+                    "the tree needs about {est_end} bytes ({}) but -b gives {b}",
+                    crate::summary::human(est_end)
+                )));
+            }
         }
-    }
-    let mut out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
-    let sums = data::write(&tree, &plan, &layout, &out, cfg.csum, cfg.sectorsize as u64)?;
+        let out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
+        if reserve(&out, est_end)? {
+            reserved = est_end;
+        }
+        Ok(out)
+    };
+    let (mut out, plan) = data::write_all(&tree, &mut layout, &mut open, &dopts, &opts.progress)?;
 
     // Items of every tree.
     let ident = identity(cfg);
@@ -113,11 +153,10 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         no_holes: cfg.features.no_holes,
         extref: cfg.features.extref,
     };
-    let mut data_extent_items = TreeItems::new();
     let mut subvols = Vec::new();
     let mut root_tree_extra = TreeItems::new();
     for (si, sv) in tree.subvols.iter().enumerate() {
-        let items = subvol_items(&tree, si, &plan, &p, &mut data_extent_items)?;
+        let items = subvol_items(&tree, si, &plan, &p)?;
         let uuid = derive_uuid(&ident.fsid, format!("subvolume {}", sv.id).as_bytes());
         let transid = if sv.id == BTRFS_FS_TREE_OBJECTID {
             0
@@ -151,17 +190,16 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
             root_item,
         });
     }
-    let csum_src: Vec<(u64, &[u8])> = plan
-        .extents
-        .iter()
-        .zip(&sums)
-        .map(|(e, s)| (e.disk_bytenr, &s[..]))
-        .collect();
+    let csum_src: Vec<(u64, &[u8])> = plan.csums.iter().map(|(a, s)| (*a, &s[..])).collect();
     let csum_items = csum_items(&csum_src, cfg.csum, cfg.sectorsize as u64, cfg.nodesize);
     let default_subvol = tree
         .default_subvol
         .map(|i| tree.subvols[i].id)
         .unwrap_or(BTRFS_FS_TREE_OBJECTID);
+    let mut extra_incompat = plan.incompat;
+    if default_subvol != BTRFS_FS_TREE_OBJECTID {
+        extra_incompat |= BTRFS_FEATURE_INCOMPAT_DEFAULT_SUBVOL;
+    }
     let mut input = CommitInput {
         nodesize: cfg.nodesize,
         sectorsize: cfg.sectorsize,
@@ -174,13 +212,9 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         root_tree_extra,
         default_subvol,
         csum_items,
-        data_extent_items,
+        data_extent_items: data_extent_items(&tree, &plan, generation),
         data_allocated: plan.allocated.clone(),
-        extra_incompat: if default_subvol != BTRFS_FS_TREE_OBJECTID {
-            BTRFS_FEATURE_INCOMPAT_DEFAULT_SUBVOL
-        } else {
-            0
-        },
+        extra_incompat,
     };
     // Size the metadata chunk: a dry run in a roomy chunk, then the real one.
     let meta_flags = BTRFS_BLOCK_GROUP_METADATA | m.flag();
@@ -220,52 +254,53 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
     };
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
+    // Give back what was reserved beyond the last chunk.
+    if reserved > end {
+        let _ = rustix::fs::fallocate(
+            out.file(),
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            end,
+            reserved - end,
+        );
+    }
     let report = commit(&out, &input)?;
     Ok(MkfsReport {
         layout,
         commit: report,
+        data: Some(crate::mkfs::DataStats {
+            files: tree.node_count() as u64,
+            bytes_in: plan.bytes_in,
+            bytes_on_disk: plan.bytes_on_disk,
+        }),
     })
 }
 
-/// Rough metadata bytes for the pre-flight size check.
-fn estimate_metadata(tree: &Scan, plan: &data::DataPlan, cfg: &MkfsConfig) -> u64 {
-    let nodes = tree.node_count() as u64;
-    let names: u64 = tree
-        .subvols
-        .iter()
-        .flat_map(|s| s.nodes.iter())
-        .map(|n| {
-            n.links
-                .iter()
-                .map(|l| l.name.len() as u64 + 100)
-                .sum::<u64>()
-                + n.xattrs
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64 + 60)
-                    .sum::<u64>()
-                + 200
-        })
-        .sum();
-    let inline: u64 = tree
-        .subvols
-        .iter()
-        .zip(&plan.files)
-        .flat_map(|(s, f)| s.nodes.iter().zip(f))
-        .filter(|(_, f)| matches!(f, data::FileData::Inline))
-        .map(|(n, _)| n.stat.size + 50)
-        .sum();
-    let extents = plan.extents.len() as u64 * (80 + 90);
-    let csums: u64 = plan
-        .extents
-        .iter()
-        .map(|e| e.len / cfg.sectorsize as u64)
-        .sum::<u64>()
-        * cfg.csum.size() as u64;
-    let bytes = names + inline + extents + csums + nodes * 8;
-    // Leaves are full; count nodes and extent items of blocks on top.
+/// Rough metadata bytes, for the early size check and space reservation.
+fn estimate_metadata(tree: &Scan, cfg: &MkfsConfig) -> u64 {
+    let mut bytes = 0u64;
+    for n in tree.subvols.iter().flat_map(|s| s.nodes.iter()) {
+        bytes += 300;
+        bytes += n
+            .links
+            .iter()
+            .map(|l| 3 * l.name.len() as u64 + 100)
+            .sum::<u64>();
+        bytes += n
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64 + 60)
+            .sum::<u64>();
+        if matches!(n.kind, crate::scan::Kind::File) {
+            let sz = n.stat.size;
+            if sz < cfg.sectorsize as u64 {
+                bytes += sz + 50;
+            } else {
+                // Extent items (≤128 KiB each when compressing) and checksums.
+                bytes += sz.div_ceil(BTRFS_MAX_COMPRESSED) * 170
+                    + sz / cfg.sectorsize as u64 * cfg.csum.size() as u64;
+            }
+        }
+    }
     let blocks = bytes / (cfg.nodesize as u64 - 200) + 16;
     blocks * cfg.nodesize as u64 * 11 / 10 + 4 * MIB
 }
-
-#[allow(dead_code)]
-fn _unused(_: &ChunkSpec) {}

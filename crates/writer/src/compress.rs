@@ -1,0 +1,240 @@
+//! Compression of delayed ordered extents: zlib, zstd and lzo as btrfs stores
+//! them, one reusable compressor per worker thread.
+use std::cell::RefCell;
+use std::io::Write;
+
+use btrfs_format::*;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Zlib,
+    Lzo,
+    Zstd,
+}
+
+/// `--compress ALGO[:LEVEL]` / `--compress-force ALGO[:LEVEL]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub algo: Algo,
+    pub level: i32,
+    /// Try every range instead of giving up on a file whose first range
+    /// does not compress (the kernel's `compress-force`).
+    pub force: bool,
+}
+
+impl Compression {
+    /// Parse `zstd[:1..15]`, `zlib[:1..9]`, `lzo`, or `no`/`none` (→ `None`).
+    pub fn parse(s: &str, force: bool) -> Result<Option<Self>> {
+        let (name, level) = match s.split_once(':') {
+            Some((n, l)) => {
+                let l: i32 = l.parse().map_err(|_| {
+                    Error::InvalidOption(format!("invalid compression level in '{s}'"))
+                })?;
+                (n, Some(l))
+            }
+            None => (s, None),
+        };
+        let (algo, default, range) = match name.to_ascii_lowercase().as_str() {
+            "no" | "none" => return Ok(None),
+            "zstd" => (Algo::Zstd, 3, 1..=15),
+            "zlib" => (Algo::Zlib, 3, 1..=9),
+            "lzo" => (Algo::Lzo, 1, 1..=1),
+            other => {
+                return Err(Error::InvalidOption(format!(
+                    "unknown compression '{other}' (zstd, zlib, lzo, no)"
+                )))
+            }
+        };
+        if algo == Algo::Lzo && !cfg!(feature = "lzo") {
+            return Err(Error::InvalidOption(
+                "lzo support was not built in (cargo feature 'lzo')".into(),
+            ));
+        }
+        let level = level.unwrap_or(default);
+        if !range.contains(&level) {
+            return Err(Error::InvalidOption(format!(
+                "compression level {level} out of range {}..={} for {name}",
+                range.start(),
+                range.end()
+            )));
+        }
+        Ok(Some(Compression { algo, level, force }))
+    }
+
+    /// The `compression` byte of file extent items.
+    pub fn type_byte(&self) -> u8 {
+        match self.algo {
+            Algo::Zlib => BTRFS_COMPRESS_ZLIB,
+            Algo::Lzo => BTRFS_COMPRESS_LZO,
+            Algo::Zstd => BTRFS_COMPRESS_ZSTD,
+        }
+    }
+
+    /// The incompat bit compressed data of this kind needs.
+    pub fn incompat_flag(&self) -> u64 {
+        match self.algo {
+            Algo::Zlib => 0,
+            Algo::Lzo => BTRFS_FEATURE_INCOMPAT_COMPRESS_LZO,
+            Algo::Zstd => BTRFS_FEATURE_INCOMPAT_COMPRESS_ZSTD,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self.algo {
+            Algo::Zlib => format!("zlib:{}", self.level),
+            Algo::Lzo => "lzo".into(),
+            Algo::Zstd => format!("zstd:{}", self.level),
+        }
+    }
+}
+
+/// A worker's compressor state, reused across extents.
+struct Worker {
+    zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Worker> = const { RefCell::new(Worker { zstd: None, buf: Vec::new() }) };
+}
+
+fn zstd_compress(w: &mut Worker, level: i32, input: &[u8]) -> Result<Vec<u8>> {
+    if w.zstd.as_ref().map(|z| z.0) != Some(level) {
+        let mut c = zstd::bulk::Compressor::new(level)
+            .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+        // The kernel decodes with a 128 KiB window.
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(17))
+            .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+        w.zstd = Some((level, c));
+    }
+    let (_, c) = w
+        .zstd
+        .as_mut()
+        .ok_or_else(|| Error::Internal("zstd".into()))?;
+    let cap = zstd::zstd_safe::compress_bound(input.len());
+    w.buf.clear();
+    w.buf.reserve(cap);
+    c.compress_to_buffer(input, &mut w.buf)
+        .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+    Ok(w.buf.clone())
+}
+
+fn zlib_compress(level: i32, input: &[u8]) -> Result<Vec<u8>> {
+    let mut e = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(input.len() + input.len() / 8 + 64),
+        flate2::Compression::new(level as u32),
+    );
+    e.write_all(input)
+        .and_then(|_| e.finish())
+        .map_err(|err| Error::Internal(format!("zlib: {err}")))
+}
+
+/// btrfs's LZO framing: a 4-byte total length, then per input sector a 4-byte
+/// segment length and its LZO1X data; a segment header never straddles a
+/// sector of the output (zeros pad to the next sector instead).
+#[cfg(feature = "lzo")]
+fn lzo_compress(input: &[u8], sectorsize: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; 4];
+    for seg in input.chunks(sectorsize) {
+        let c = lzokay_native::compress(seg).map_err(|e| Error::Internal(format!("lzo: {e:?}")))?;
+        let room = sectorsize - out.len() % sectorsize;
+        if room < 4 {
+            out.resize(out.len() + room, 0);
+        }
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(&c);
+        if out.len() > input.len() {
+            break; // larger than the input: not worth it
+        }
+    }
+    let total = out.len() as u32;
+    out[..4].copy_from_slice(&total.to_le_bytes());
+    Ok(out)
+}
+
+#[cfg(not(feature = "lzo"))]
+fn lzo_compress(_: &[u8], _: usize) -> Result<Vec<u8>> {
+    Err(Error::InvalidOption("lzo support was not built in".into()))
+}
+
+/// Compress `input` (whole sectors of file data, zero padded) the way btrfs
+/// stores it.
+pub fn compress(c: &Compression, input: &[u8], sectorsize: usize) -> Result<Vec<u8>> {
+    match c.algo {
+        Algo::Zstd => WORKER.with(|w| zstd_compress(&mut w.borrow_mut(), c.level, input)),
+        Algo::Zlib => zlib_compress(c.level, input),
+        Algo::Lzo => lzo_compress(input, sectorsize),
+    }
+}
+
+/// Compressed bytes worth keeping for an extent: they must save a sector.
+pub fn worth_it(compressed: usize, raw: usize, sectorsize: usize) -> bool {
+    compressed.div_ceil(sectorsize) < raw.div_ceil(sectorsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_and_levels() {
+        let z = Compression::parse("zstd", false).unwrap().unwrap();
+        assert_eq!((z.algo, z.level), (Algo::Zstd, 3));
+        assert_eq!(
+            Compression::parse("zlib:9", true).unwrap().unwrap().level,
+            9
+        );
+        assert!(Compression::parse("no", false).unwrap().is_none());
+        assert!(Compression::parse("zstd:16", false).is_err());
+        assert!(Compression::parse("zlib:0", false).is_err());
+        assert!(Compression::parse("brotli", false).is_err());
+    }
+
+    #[test]
+    fn zstd_and_zlib_round_trip() {
+        let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i / 100) as u8).collect();
+        for spec in ["zstd:1", "zstd:15", "zlib:1", "zlib:9"] {
+            let c = Compression::parse(spec, false).unwrap().unwrap();
+            let out = compress(&c, &data, 4096).unwrap();
+            assert!(worth_it(out.len(), data.len(), 4096), "{spec}");
+            let back = match c.algo {
+                Algo::Zstd => zstd::bulk::decompress(&out, data.len()).unwrap(),
+                _ => {
+                    let mut d = flate2::read::ZlibDecoder::new(&out[..]);
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut d, &mut v).unwrap();
+                    v
+                }
+            };
+            assert_eq!(back, data, "{spec}");
+        }
+    }
+
+    #[cfg(feature = "lzo")]
+    #[test]
+    fn lzo_framing_keeps_headers_inside_sectors() {
+        let data: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i % 7 + i / 4096) as u8)
+            .collect();
+        let out = lzo_compress(&data, 4096).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(out[..4].try_into().unwrap()) as usize,
+            out.len()
+        );
+        let mut pos = 4;
+        let mut segments = 0;
+        while pos < out.len() {
+            if 4096 - pos % 4096 < 4 {
+                pos += 4096 - pos % 4096;
+            }
+            let len = u32::from_le_bytes(out[pos..pos + 4].try_into().unwrap()) as usize;
+            assert!(pos % 4096 + 4 <= 4096, "header straddles a sector");
+            pos += 4 + len;
+            segments += 1;
+        }
+        assert_eq!(segments, 16);
+        assert!(worth_it(1000, 8192, 4096) && !worth_it(4097, 8192, 4096));
+    }
+}
