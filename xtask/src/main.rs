@@ -4,6 +4,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -36,6 +38,35 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
         bail!("{what} failed ({st})");
     }
     Ok(())
+}
+
+/// Install missing programs (`prog:package`) with apt where we can, and say so.
+pub fn ensure_packages(list: &[&str]) {
+    let missing: Vec<&str> = list
+        .iter()
+        .filter_map(|e| e.split_once(':'))
+        .filter(|(prog, _)| !have(prog))
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if is_root() && have("apt-get") {
+        eprintln!("xtask: installing {} with apt-get", missing.join(" "));
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "(apt-get install -y -qq {0} || (apt-get update -qq && apt-get install -y -qq {0})) >/dev/null 2>&1",
+                missing.join(" ")
+            ))
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    } else {
+        eprintln!(
+            "xtask: missing {} (not root with apt): those comparisons are skipped",
+            missing.join(" ")
+        );
+    }
 }
 
 /// Install btrfs-progs with apt where we can (root on Debian), and say so.
@@ -75,6 +106,8 @@ fn test(args: &[String]) -> Result<()> {
     let mut c = Command::new("cargo");
     c.args(["test", "--workspace", "--all-targets"]);
     c.args(args);
+    // The slow tests (a real tree of tens of thousands of files) run here too.
+    c.args(["--", "--include-ignored"]);
     if kernel {
         // Everything is here: a test that would skip is a failure instead.
         c.env("FORGE_REQUIRE_ORACLES", "1");
@@ -106,8 +139,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&root(), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args]");
+            eprintln!("usage: cargo xtask test [cargo test args] | cargo xtask bench [DIR] [--runs N] [--json FILE]");
             return ExitCode::from(2);
         }
     };

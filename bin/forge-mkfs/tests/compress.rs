@@ -28,7 +28,7 @@ fn make_tree(r: &Path) {
     let mut text = String::new();
     while text.len() < 3 << 20 {
         text.push_str(&words[(next() % 400) as usize]);
-        text.push(if next() % 11 == 0 { '\n' } else { ' ' });
+        text.push(if next().is_multiple_of(11) { '\n' } else { ' ' });
     }
     std::fs::write(r.join("text"), &text).unwrap();
     let random: Vec<u8> = (0..(2 << 20) / 8)

@@ -784,3 +784,36 @@ fn real_tree_rust_toolchain() {
     m.unmount();
     oracle::btrfs_check(&img, true);
 }
+
+/// The README's main job on the example tree this repository ships.
+#[test]
+fn readme_example_tree() {
+    let tree = oracle::workspace_root().join("testdata/example-tree");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("example.img");
+    import(
+        &tree,
+        &img,
+        &["-q", "--compress", "zstd:3", "--dedupe", "--shrink"],
+    );
+    let plain = dir.path().join("plain.img");
+    import(&tree, &plain, &["-q"]);
+    if !oracle::require_kernel() {
+        return;
+    }
+    let want = manifest(&tree);
+    for img in [&img, &plain] {
+        oracle::btrfs_check(img, true);
+        let m = Mount::new(img, "ro");
+        let d = diff(
+            &want,
+            &manifest(m.path()),
+            Compare {
+                atime: false,
+                ctime: true,
+                sparse_blocks: true,
+            },
+        );
+        assert!(d.is_empty(), "{}", d.join("\n"));
+    }
+}

@@ -15,7 +15,7 @@ const ZSTD_MAX_WINDOWLOG: u32 = 17;
 /// Decompress `input` (compression type `compression`) into at most `limit` bytes.
 /// The output may be shorter than `limit`; the caller zero-fills the rest, as the
 /// kernel does.
-pub(crate) fn decompress(
+pub fn decompress(
     compression: u8,
     input: &[u8],
     limit: usize,

@@ -18,6 +18,7 @@
 
 mod chunk;
 mod compress;
+pub mod dump;
 mod error;
 mod fs;
 mod image;
@@ -26,6 +27,7 @@ mod tree;
 
 pub use btrfs_format;
 pub use chunk::{ChunkMap, ChunkMapping, StripeMapping};
+pub use compress::decompress;
 pub use error::{Error, Location, Result};
 pub use fs::{DirEntryOwned, FileExtentInfo, FileExtentKind, Xattr, MAX_READ, MAX_SYMLINK};
 pub use image::{read_superblock, superblock_copies, Image, SuperblockCopy, SuperblockStatus};

@@ -254,6 +254,17 @@ impl<'a> DataAlloc<'a> {
         }
     }
 
+    /// Where `alloc_upto(len)` would allocate, without allocating.
+    fn peek_upto(&self, len: u64) -> (u64, u64) {
+        let mut probe = DataAlloc {
+            chunks: self.chunks,
+            excluded: self.excluded.clone(),
+            chunk: self.chunk,
+            cursor: self.cursor,
+        };
+        probe.alloc_upto(len).unwrap_or((u64::MAX, 0))
+    }
+
     /// `len` contiguous bytes (skipping a piece too short to hold them).
     fn alloc_exact(&mut self, len: u64) -> Option<u64> {
         loop {
@@ -308,10 +319,9 @@ enum Class {
         ram: u64,
         compression: u8,
     },
-    /// Data runs, written uncompressed; `nocompress` when compression gave up.
+    /// Data runs, written uncompressed.
     Raw {
         runs: Vec<(u64, u64)>,
-        nocompress: bool,
     },
     /// Data runs, cut into ranges and compressed.
     Compress {
@@ -350,28 +360,10 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
             compression: BTRFS_COMPRESS_NONE,
         });
     }
+    // Whether the first range compresses is found out in the pipeline itself.
     match &opts.compression {
-        None => Ok(Class::Raw {
-            runs,
-            nocompress: false,
-        }),
-        Some(c) if c.force => Ok(Class::Compress { runs }),
-        Some(c) => {
-            // The kernel's rule: a file whose first range does not compress is
-            // written uncompressed and marked NOCOMPRESS.
-            let (s, e) = runs[0];
-            let len = (e - s).min(BTRFS_MAX_COMPRESSED);
-            let raw = read_range(node, s, len)?;
-            let z = compress(c, &raw, opts.sectorsize as usize)?;
-            if worth_it(z.len(), raw.len(), opts.sectorsize as usize) {
-                Ok(Class::Compress { runs })
-            } else {
-                Ok(Class::Raw {
-                    runs,
-                    nocompress: true,
-                })
-            }
-        }
+        None => Ok(Class::Raw { runs }),
+        Some(_) => Ok(Class::Compress { runs }),
     }
 }
 
@@ -383,7 +375,7 @@ fn dedupe(scan: &Scan, classes: &mut [Vec<Class>]) -> Result<()> {
     let mut groups: HashMap<Shape, Vec<(usize, usize)>> = HashMap::new();
     for (si, sv) in classes.iter().enumerate() {
         for (ni, c) in sv.iter().enumerate() {
-            if let Class::Raw { runs, .. } | Class::Compress { runs } = c {
+            if let Class::Raw { runs } | Class::Compress { runs } = c {
                 let size = scan.subvols[si].nodes[ni].stat.size;
                 groups
                     .entry((size, runs.clone()))
@@ -403,7 +395,7 @@ fn dedupe(scan: &Scan, classes: &mut [Vec<Class>]) -> Result<()> {
         .map(|&(si, ni)| {
             let node = &scan.subvols[si].nodes[ni];
             let runs = match &classes[si][ni] {
-                Class::Raw { runs, .. } | Class::Compress { runs } => runs.clone(),
+                Class::Raw { runs } | Class::Compress { runs } => runs.clone(),
                 _ => Vec::new(),
             };
             let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
@@ -547,7 +539,7 @@ pub fn write_all(
     let mut compressed_ranges = 0u64;
     for c in classes.iter().flatten() {
         match c {
-            Class::Raw { runs, .. } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
+            Class::Raw { runs } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
             Class::Compress { runs } => {
                 let b: u64 = runs.iter().map(|r| r.1 - r.0).sum();
                 upper += b;
@@ -579,81 +571,38 @@ pub fn write_all(
         .collect();
     let mut csums: Vec<(u64, Vec<u8>)> = Vec::new();
 
-    // 3. Raw extents: addresses first, then parallel read + csum + write.
-    struct RawExtent {
-        si: usize,
-        ni: usize,
-        file_offset: u64,
-        len: u64,
-        disk: u64,
-    }
-    let mut raw = Vec::new();
-    for (si, sv) in classes.iter().enumerate() {
-        for (ni, c) in sv.iter().enumerate() {
-            let Class::Raw { runs, .. } = c else { continue };
-            for &(s, e) in runs {
-                let mut off = s;
-                while off < e {
-                    let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
-                    let (at, got) = alloc
-                        .alloc_upto(want)
-                        .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                    raw.push(RawExtent {
-                        si,
-                        ni,
-                        file_offset: off,
-                        len: got,
-                        disk: at,
-                    });
-                    off += got;
-                }
-            }
-        }
-    }
-    let raw_sums: Vec<Result<Vec<u8>>> = raw
-        .par_iter()
-        .map(|e| {
-            let node = &scan.subvols[e.si].nodes[e.ni];
-            let f = File::open(&node.path).map_err(|err| io_err(&node.path, "cannot open", err))?;
-            let mut sums = Vec::with_capacity((e.len / ss) as usize * opts.csum.size());
-            let mut buf = vec![0u8; e.len.min(MIB) as usize];
-            let mut done = 0;
-            while done < e.len {
-                let n = (e.len - done).min(MIB) as usize;
-                let at = e.file_offset + done;
-                let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
-                read_exact_at(&f, &node.path, &mut buf[..want], at, node.stat.size)?;
-                buf[want..n].fill(0);
-                sums.extend(write_and_sum(&out, layout, e.disk + done, &buf[..n], opts)?);
-                progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
-                progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                done += n as u64;
-            }
-            check_size(&f, node)?;
-            Ok(sums)
-        })
+    // 3. The pipeline, a bounded window of files at a time: compress the
+    //    delayed ordered extents in parallel, allocate strictly in file order,
+    //    then write and checksum in parallel.
+    let mut nocompress: Vec<Vec<bool>> = scan
+        .subvols
+        .iter()
+        .map(|s| vec![false; s.nodes.len()])
         .collect();
-    for (e, s) in raw.iter().zip(raw_sums) {
-        csums.push((e.disk, s?));
-        per_node[e.si][e.ni].push(FileExtent {
-            subvol: e.si,
-            node: e.ni,
-            file_offset: e.file_offset,
-            num_bytes: e.len,
-            disk_bytenr: e.disk,
-            disk_num_bytes: e.len,
-            compression: BTRFS_COMPRESS_NONE,
-        });
-    }
-
-    // 4. Compressed ranges, a window at a time.
-    if let Some(c) = &opts.compression {
+    let order: Vec<(usize, usize)> = flat
+        .iter()
+        .copied()
+        .filter(|&(si, ni)| matches!(classes[si][ni], Class::Raw { .. } | Class::Compress { .. }))
+        .collect();
+    let window = (opts.memory / 2).max(BTRFS_MAX_COMPRESSED);
+    let mut next_file = 0;
+    while next_file < order.len() {
+        // Files of this window: compression candidates count against the budget.
+        let mut budget = 0u64;
+        let mut end = next_file;
+        while end < order.len() && (end == next_file || budget < window) {
+            let (si, ni) = order[end];
+            if let Class::Compress { runs } = &classes[si][ni] {
+                budget += runs.iter().map(|r| r.1 - r.0).sum::<u64>();
+            }
+            end += 1;
+        }
+        let files = &order[next_file..end];
+        next_file = end;
+        // Delayed ordered extents of the compression candidates.
         let mut ranges: Vec<(usize, usize, u64, u64)> = Vec::new();
-        for (si, sv) in classes.iter().enumerate() {
-            for (ni, cl) in sv.iter().enumerate() {
-                let Class::Compress { runs } = cl else {
-                    continue;
-                };
+        for &(si, ni) in files {
+            if let Class::Compress { runs } = &classes[si][ni] {
                 for &(s, e) in runs {
                     let mut off = s;
                     while off < e {
@@ -664,72 +613,172 @@ pub fn write_all(
                 }
             }
         }
-        let window = (opts.memory / 2).max(BTRFS_MAX_COMPRESSED);
-        let mut i = 0;
-        while i < ranges.len() {
-            let mut j = i;
-            let mut bytes = 0;
-            while j < ranges.len() && (j == i || bytes + ranges[j].3 <= window) {
-                bytes += ranges[j].3;
-                j += 1;
-            }
-            // Compress in parallel (the delayed ordered extents).
-            let done: Vec<Result<(Vec<u8>, bool)>> = ranges[i..j]
-                .par_iter()
-                .map(|&(si, ni, off, len)| {
-                    let node = &scan.subvols[si].nodes[ni];
-                    let raw = read_range(node, off, len)?;
-                    progress
-                        .bytes_in
-                        .fetch_add(len.min(node.stat.size - off), Ordering::Relaxed);
-                    let z = compress(c, &raw, ss as usize)?;
-                    if worth_it(z.len(), raw.len(), ss as usize) {
-                        let mut z = z;
-                        z.resize(z.len().div_ceil(ss as usize) * ss as usize, 0);
-                        Ok((z, true))
-                    } else {
-                        Ok((raw, false))
+        let c = opts.compression;
+        type Compressed = (Vec<u8>, Option<Vec<u8>>); // raw bytes, compressed if worth it
+        let compressed: Vec<Result<Compressed>> = ranges
+            .par_iter()
+            .map(|&(si, ni, off, len)| {
+                let node = &scan.subvols[si].nodes[ni];
+                let raw = read_range(node, off, len)?;
+                progress
+                    .bytes_in
+                    .fetch_add(len.min(node.stat.size - off), Ordering::Relaxed);
+                let Some(c) = &c else { return Ok((raw, None)) };
+                let mut z = compress(c, &raw, ss as usize)?;
+                if worth_it(z.len(), raw.len(), ss as usize) {
+                    z.resize(z.len().div_ceil(ss as usize) * ss as usize, 0);
+                    Ok((raw, Some(z)))
+                } else {
+                    Ok((raw, None))
+                }
+            })
+            .collect();
+        let mut compressed = compressed.into_iter();
+        // Allocate in order. Buffered pieces carry their bytes; streamed ones
+        // (uncompressed files) are read from the file while written.
+        enum Piece {
+            Buffer(Vec<u8>),
+            Stream,
+        }
+        let mut pieces: Vec<(FileExtent, Piece)> = Vec::new();
+        for &(si, ni) in files {
+            match &classes[si][ni] {
+                Class::Raw { runs } => {
+                    for &(s, e) in runs {
+                        let mut off = s;
+                        while off < e {
+                            let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
+                            let (at, got) = alloc
+                                .alloc_upto(want)
+                                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                            let fe = FileExtent {
+                                subvol: si,
+                                node: ni,
+                                file_offset: off,
+                                num_bytes: got,
+                                disk_bytenr: at,
+                                disk_num_bytes: got,
+                                compression: BTRFS_COMPRESS_NONE,
+                            };
+                            pieces.push((fe, Piece::Stream));
+                            off += got;
+                        }
                     }
-                })
-                .collect();
-            // Allocate strictly in order.
-            let mut placed = Vec::with_capacity(j - i);
-            for (k, r) in done.into_iter().enumerate() {
-                let (buf, compressed) = r?;
-                let at = alloc
-                    .alloc_exact(buf.len() as u64)
-                    .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                placed.push((ranges[i + k], buf, compressed, at));
+                }
+                Class::Compress { runs } => {
+                    let n: u64 = runs
+                        .iter()
+                        .map(|r| (r.1 - r.0).div_ceil(BTRFS_MAX_COMPRESSED))
+                        .sum();
+                    let mut file_ranges: Vec<Compressed> = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        let r = compressed
+                            .next()
+                            .ok_or_else(|| Error::Internal("range count".into()))?;
+                        file_ranges.push(r?);
+                    }
+                    // The kernel's rule: a file whose first range does not
+                    // compress is stored uncompressed and marked NOCOMPRESS.
+                    let give_up = !c.is_some_and(|c| c.force)
+                        && file_ranges.first().is_some_and(|r| r.1.is_none());
+                    nocompress[si][ni] = give_up;
+                    let mut k = 0;
+                    for &(s, e) in runs {
+                        let mut off = s;
+                        while off < e {
+                            let len = (e - off).min(BTRFS_MAX_COMPRESSED);
+                            let (raw, z) = std::mem::take(&mut file_ranges[k]);
+                            k += 1;
+                            let (buf, comp) = match z {
+                                Some(z) if !give_up => (z, c.map(|c| c.type_byte()).unwrap_or(0)),
+                                _ => (raw, BTRFS_COMPRESS_NONE),
+                            };
+                            // Uncompressed pieces of one file that land next
+                            // to each other on disk become one extent.
+                            if comp == BTRFS_COMPRESS_NONE {
+                                if let Some((prev, Piece::Buffer(pbuf))) = pieces.last_mut() {
+                                    let (at, got) = alloc.peek_upto(len);
+                                    if prev.subvol == si
+                                        && prev.node == ni
+                                        && prev.compression == BTRFS_COMPRESS_NONE
+                                        && prev.file_offset + prev.num_bytes == off
+                                        && prev.disk_bytenr + prev.disk_num_bytes == at
+                                        && got == len
+                                        && prev.num_bytes + len <= BTRFS_MAX_EXTENT_SIZE
+                                    {
+                                        alloc.alloc_exact(len);
+                                        prev.num_bytes += len;
+                                        prev.disk_num_bytes += len;
+                                        pbuf.extend_from_slice(&buf);
+                                        off += len;
+                                        continue;
+                                    }
+                                }
+                            }
+                            let at = alloc
+                                .alloc_exact(buf.len() as u64)
+                                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                            let fe = FileExtent {
+                                subvol: si,
+                                node: ni,
+                                file_offset: off,
+                                num_bytes: len,
+                                disk_bytenr: at,
+                                disk_num_bytes: buf.len() as u64,
+                                compression: comp,
+                            };
+                            pieces.push((fe, Piece::Buffer(buf)));
+                            off += len;
+                        }
+                    }
+                }
+                _ => {}
             }
-            // Write and checksum in parallel.
-            let sums: Vec<Result<Vec<u8>>> = placed
-                .par_iter()
-                .map(|(_, buf, _, at)| {
-                    let s = write_and_sum(&out, layout, *at, buf, opts)?;
+        }
+        // Write and checksum in parallel.
+        let sums: Vec<Result<Vec<u8>>> = pieces
+            .par_iter()
+            .map(|(e, p)| match p {
+                Piece::Buffer(buf) => {
+                    let s = write_and_sum(&out, layout, e.disk_bytenr, buf, opts)?;
                     progress
                         .bytes_out
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
                     Ok(s)
-                })
-                .collect();
-            for ((r, buf, compressed, at), s) in placed.into_iter().zip(sums) {
-                let (si, ni, off, len) = r;
-                csums.push((at, s?));
-                per_node[si][ni].push(FileExtent {
-                    subvol: si,
-                    node: ni,
-                    file_offset: off,
-                    num_bytes: len,
-                    disk_bytenr: at,
-                    disk_num_bytes: buf.len() as u64,
-                    compression: if compressed {
-                        c.type_byte()
-                    } else {
-                        BTRFS_COMPRESS_NONE
-                    },
-                });
-            }
-            i = j;
+                }
+                Piece::Stream => {
+                    let node = &scan.subvols[e.subvol].nodes[e.node];
+                    let f = File::open(&node.path)
+                        .map_err(|err| io_err(&node.path, "cannot open", err))?;
+                    let mut sums =
+                        Vec::with_capacity((e.num_bytes / ss) as usize * opts.csum.size());
+                    let mut buf = vec![0u8; e.num_bytes.min(MIB) as usize];
+                    let mut done = 0;
+                    while done < e.num_bytes {
+                        let n = (e.num_bytes - done).min(MIB) as usize;
+                        let at = e.file_offset + done;
+                        let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
+                        read_exact_at(&f, &node.path, &mut buf[..want], at, node.stat.size)?;
+                        buf[want..n].fill(0);
+                        sums.extend(write_and_sum(
+                            &out,
+                            layout,
+                            e.disk_bytenr + done,
+                            &buf[..n],
+                            opts,
+                        )?);
+                        progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
+                        progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        done += n as u64;
+                    }
+                    check_size(&f, node)?;
+                    Ok(sums)
+                }
+            })
+            .collect();
+        for ((e, _), s) in pieces.into_iter().zip(sums) {
+            csums.push((e.disk_bytenr, s?));
+            per_node[e.subvol][e.node].push(e);
         }
     }
 
@@ -791,10 +840,7 @@ pub fn write_all(
                         Class::Dup { owner } => *owner,
                         _ => (si, ni),
                     };
-                    if let Class::Raw {
-                        nocompress: true, ..
-                    } = c
-                    {
+                    if nocompress[osi][oni] {
                         flags |= BTRFS_INODE_NOCOMPRESS;
                     }
                     let start = extents.len();

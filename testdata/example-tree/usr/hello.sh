@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello from an offline-built btrfs image"

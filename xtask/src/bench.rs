@@ -1,0 +1,625 @@
+//! `cargo xtask bench [DIR]`: forge-mkfs against the reference tools on one
+//! tree, in one run, interleaved, with the machine's own limits measured.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+const MIB: u64 = 1 << 20;
+
+struct Opts {
+    dir: Option<PathBuf>,
+    runs: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        dir: None,
+        runs: 3,
+        json: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
+            "--json" => o.json = Some(it.next().context("--json FILE")?.into()),
+            s if s.starts_with('-') => bail!("unknown option {s}"),
+            s => o.dir = Some(s.into()),
+        }
+    }
+    Ok(o)
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Deterministic pseudo-random numbers.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A ~1 GiB mix: text, real binaries from this machine, incompressible data,
+/// and ~50k small files. Made once and kept under target/.
+fn corpus(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/bench-corpus");
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    eprintln!("bench: generating the corpus in {}", dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let words: Vec<String> = (0..5000)
+        .map(|_| {
+            let n = 2 + rng.next() % 9;
+            (0..n)
+                .map(|_| (b'a' + (rng.next() % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let text = |rng: &mut Rng, len: usize| -> Vec<u8> {
+        let mut s = Vec::with_capacity(len + 16);
+        while s.len() < len {
+            s.extend_from_slice(words[(rng.next() % 5000) as usize].as_bytes());
+            s.push(if rng.next().is_multiple_of(13) { b'\n' } else { b' ' });
+        }
+        s.truncate(len);
+        s
+    };
+    // Text: 300 MiB in files from 4 KiB to 4 MiB.
+    let t = dir.join("text");
+    std::fs::create_dir_all(&t)?;
+    let mut total = 0u64;
+    let mut i = 0;
+    while total < 300 * MIB {
+        let len = 4096 << (rng.next() % 11);
+        std::fs::write(
+            t.join(format!("doc{i:05}.txt")),
+            text(&mut rng, len as usize),
+        )?;
+        total += len;
+        i += 1;
+    }
+    // Binaries: up to 300 MiB of this machine's shared libraries and programs.
+    let b = dir.join("bin");
+    std::fs::create_dir_all(&b)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in ["/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/lib"] {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    files.push(e.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut total = 0u64;
+    for (k, f) in files.iter().enumerate() {
+        if total >= 300 * MIB {
+            break;
+        }
+        let Ok(data) = std::fs::read(f) else { continue };
+        total += data.len() as u64;
+        std::fs::write(
+            b.join(format!(
+                "{k:05}-{}",
+                f.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            data,
+        )?;
+    }
+    // Incompressible: 250 MiB in files of 1 to 32 MiB.
+    let r = dir.join("random");
+    std::fs::create_dir_all(&r)?;
+    let mut total = 0u64;
+    let mut i = 0;
+    while total < 250 * MIB {
+        let len = MIB << (rng.next() % 6);
+        let data: Vec<u8> = (0..len / 8)
+            .flat_map(|_| rng.next().to_le_bytes())
+            .collect();
+        std::fs::write(r.join(format!("blob{i:03}.bin")), data)?;
+        total += len;
+        i += 1;
+    }
+    // 50k small files in 500 directories.
+    for d in 0..500 {
+        let sd = dir.join(format!("small/d{d:03}"));
+        std::fs::create_dir_all(&sd)?;
+        for f in 0..100 {
+            let len = 100 + (rng.next() % 6000) as usize;
+            let data = if rng.next().is_multiple_of(3) {
+                (0..len).map(|_| rng.next() as u8).collect()
+            } else {
+                text(&mut rng, len)
+            };
+            std::fs::write(sd.join(format!("f{f:03}")), data)?;
+        }
+    }
+    std::fs::write(dir.join(".complete"), b"")?;
+    Ok(dir)
+}
+
+fn tree_bytes(dir: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// Read every file (warms the page cache; returns the rate).
+fn read_all(dir: &Path) -> f64 {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                paths.push(e.path());
+            }
+        }
+    }
+    let t = Instant::now();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut n = 0u64;
+    for p in &paths {
+        if let Ok(mut f) = std::fs::File::open(p) {
+            while let Ok(k) = f.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Machine limits: crc32c and zstd-3 on 1 and all cores, page-cache reads.
+fn limits(dir: &Path) -> Vec<(String, f64)> {
+    let threads = rayon::current_num_threads();
+    let mut sample = Vec::new();
+    for sub in ["text", "bin", "random"] {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        let mut got = 0;
+        for f in files {
+            if got >= 32 * MIB {
+                break;
+            }
+            if let Ok(d) = std::fs::read(f) {
+                got += d.len() as u64;
+                sample.extend(d);
+            }
+        }
+    }
+    let chunks: Vec<&[u8]> = sample.chunks(128 << 10).collect();
+    let rate = |f: &(dyn Fn(&[u8]) + Sync), par: bool| {
+        let t = Instant::now();
+        if par {
+            chunks.par_iter().for_each(|c| f(c));
+        } else {
+            chunks.iter().for_each(|c| f(c));
+        }
+        sample.len() as f64 / t.elapsed().as_secs_f64()
+    };
+    let crc = |c: &[u8]| {
+        std::hint::black_box(crc32c::crc32c(c));
+    };
+    let z3 = |c: &[u8]| {
+        std::hint::black_box(zstd::bulk::compress(c, 3).map(|v| v.len()).unwrap_or(0));
+    };
+    let _ = rate(&crc, false); // warm up
+    vec![
+        ("crc32c, 1 core".into(), rate(&crc, false)),
+        (format!("crc32c, {threads} cores"), rate(&crc, true)),
+        ("zstd-3, 1 core".into(), rate(&z3, false)),
+        (format!("zstd-3, {threads} cores"), rate(&z3, true)),
+        ("page-cache read, 1 thread".into(), read_all(dir)),
+    ]
+}
+
+struct Tool {
+    name: String,
+    /// Program and arguments; `{src}` and `{out}` are substituted.
+    cmd: Vec<String>,
+    /// Pre-create the output file with this size (tools that need one).
+    presize: Option<u64>,
+    compressed: bool,
+}
+
+fn tool(name: &str, cmd: &[&str], presize: Option<u64>, compressed: bool) -> Tool {
+    Tool {
+        name: name.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        presize,
+        compressed,
+    }
+}
+
+struct Sample {
+    secs: f64,
+    rss_kib: u64,
+    size: u64,
+    alloc: u64,
+}
+
+/// Run one command, returning wall time and peak RSS (wait4 rusage).
+fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
+    let _ = std::fs::remove_file(out);
+    if let Some(sz) = t.presize {
+        std::fs::File::create(out)?.set_len(sz)?;
+    }
+    let args: Vec<String> = t
+        .cmd
+        .iter()
+        .map(|a| {
+            a.replace("{src}", &src.to_string_lossy())
+                .replace("{out}", &out.to_string_lossy())
+        })
+        .collect();
+    let start = Instant::now();
+    let child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let secs = start.elapsed().as_secs_f64();
+    if r < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!(
+            "{} failed: {}",
+            t.name,
+            err.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let m = std::fs::metadata(out)?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(Sample {
+        secs,
+        rss_kib: ru.ru_maxrss as u64,
+        size: m.len(),
+        alloc: m.blocks() * 512,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    eprintln!("bench: building release binaries");
+    let st = Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", "forge-mkfs"])
+        .current_dir(root)
+        .status()?;
+    if !st.success() {
+        bail!("release build failed");
+    }
+    crate::ensure_packages(&[
+        "mksquashfs:squashfs-tools",
+        "mkfs.erofs:erofs-utils",
+        "mkfs.btrfs:btrfs-progs",
+        "mkfs.ext4:e2fsprogs",
+    ]);
+    let src = match &o.dir {
+        Some(d) => d.clone(),
+        None => corpus(root)?,
+    };
+    let (bytes, files) = tree_bytes(&src);
+    eprintln!(
+        "bench: tree {} ({files} files, {:.1} MiB); warming the page cache",
+        src.display(),
+        bytes as f64 / MIB as f64
+    );
+    read_all(&src);
+    let lim = limits(&src);
+    let forge = root
+        .join("target/release/forge-mkfs")
+        .to_string_lossy()
+        .into_owned();
+    let cores = rayon::current_num_threads().to_string();
+    let presize = bytes * 2 + 512 * MIB;
+    let mut tools = vec![
+        tool(
+            "forge-mkfs",
+            &[&forge, "-q", "-f", "--rootdir", "{src}", "{out}"],
+            None,
+            false,
+        ),
+        tool(
+            "forge-mkfs --shrink",
+            &[
+                &forge,
+                "-q",
+                "-f",
+                "--shrink",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            None,
+            false,
+        ),
+        tool(
+            "forge-mkfs zstd:3",
+            &[
+                &forge,
+                "-q",
+                "-f",
+                "--compress",
+                "zstd:3",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            None,
+            true,
+        ),
+        tool(
+            "forge-mkfs zstd:3 -j1",
+            &[
+                &forge,
+                "-q",
+                "-f",
+                "-j",
+                "1",
+                "--compress",
+                "zstd:3",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            None,
+            true,
+        ),
+        tool(
+            "forge-mkfs zstd:3 --dedupe",
+            &[
+                &forge,
+                "-q",
+                "-f",
+                "--dedupe",
+                "--compress",
+                "zstd:3",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            None,
+            true,
+        ),
+    ];
+    if have("mkfs.btrfs") {
+        tools.push(tool(
+            "mkfs.btrfs --rootdir --shrink",
+            &[
+                "mkfs.btrfs",
+                "-q",
+                "-f",
+                "--shrink",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            Some(presize),
+            false,
+        ));
+    }
+    if let Ok(newer) = std::env::var("BTRFS_PROGS") {
+        let mk = Path::new(&newer)
+            .join("mkfs.btrfs")
+            .to_string_lossy()
+            .into_owned();
+        tools.push(tool(
+            "mkfs.btrfs (BTRFS_PROGS) --shrink",
+            &[&mk, "-q", "-f", "--shrink", "--rootdir", "{src}", "{out}"],
+            Some(presize),
+            false,
+        ));
+        tools.push(tool(
+            "mkfs.btrfs (BTRFS_PROGS) zstd:3",
+            &[
+                &mk,
+                "-q",
+                "-f",
+                "--shrink",
+                "--compress",
+                "zstd:3",
+                "--rootdir",
+                "{src}",
+                "{out}",
+            ],
+            Some(presize),
+            true,
+        ));
+    }
+    if have("mksquashfs") {
+        tools.push(tool(
+            "mksquashfs zstd:3",
+            &[
+                "mksquashfs",
+                "{src}",
+                "{out}",
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+                "-comp",
+                "zstd",
+                "-Xcompression-level",
+                "3",
+                "-processors",
+                &cores,
+            ],
+            None,
+            true,
+        ));
+    }
+    if have("mkfs.erofs") {
+        tools.push(tool(
+            "mkfs.erofs",
+            &["mkfs.erofs", "--quiet", "{out}", "{src}"],
+            None,
+            false,
+        ));
+        tools.push(tool(
+            "mkfs.erofs lz4hc",
+            &["mkfs.erofs", "--quiet", "-zlz4hc", "{out}", "{src}"],
+            None,
+            true,
+        ));
+    }
+    if let Ok(newer) = std::env::var("EROFS_UTILS") {
+        let mk = Path::new(&newer)
+            .join("mkfs.erofs")
+            .to_string_lossy()
+            .into_owned();
+        tools.push(tool(
+            "mkfs.erofs (EROFS_UTILS) zstd:3",
+            &[&mk, "--quiet", "-zzstd,3", "{out}", "{src}"],
+            None,
+            true,
+        ));
+    }
+    if have("mkfs.ext4") {
+        tools.push(tool(
+            "mkfs.ext4 -d",
+            &["mkfs.ext4", "-q", "-F", "-d", "{src}", "{out}"],
+            Some(presize),
+            false,
+        ));
+    }
+    let work = root.join("target/bench-out");
+    std::fs::create_dir_all(&work)?;
+    let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
+    for run in 0..o.runs {
+        for (i, t) in tools.iter().enumerate() {
+            let out = work.join(format!("out{i}.img"));
+            eprintln!("bench: run {}/{}: {}", run + 1, o.runs, t.name);
+            match run_one(t, &src, &out) {
+                Ok(s) => samples[i].push(s),
+                Err(e) => eprintln!("bench: {e:#}"),
+            }
+            let _ = std::fs::remove_file(&out);
+        }
+    }
+    // Report.
+    let med = |i: usize| -> Option<(f64, u64, u64, u64)> {
+        let s = &samples[i];
+        if s.is_empty() {
+            return None;
+        }
+        let mut t: Vec<f64> = s.iter().map(|x| x.secs).collect();
+        Some((
+            median(&mut t),
+            s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
+            s[0].size,
+            s[0].alloc,
+        ))
+    };
+    let find = |name: &str| tools.iter().position(|t| t.name == name).and_then(med);
+    let reference = find("mkfs.btrfs --rootdir --shrink");
+    let mut table = String::new();
+    table.push_str(&format!(
+        "tree: {} files, {:.1} MiB; {} runs each, interleaved; medians\n\n",
+        files,
+        bytes as f64 / MIB as f64,
+        o.runs
+    ));
+    table.push_str("| tool | time (s) | MB/s | vs mkfs.btrfs | image size (MiB) | allocated (MiB) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    let mut json = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        let Some((secs, rss, size, alloc)) = med(i) else {
+            table.push_str(&format!("| {} | failed | | | | | |\n", t.name));
+            continue;
+        };
+        let rate = bytes as f64 / secs / 1e6;
+        let vs = reference.map(|r| r.0 / secs);
+        table.push_str(&format!(
+            "| {} | {secs:.2} | {rate:.0} | {} | {:.1} | {:.1} | {:.0} |\n",
+            t.name,
+            vs.map(|v| format!("{v:.1}x")).unwrap_or_default(),
+            size as f64 / MIB as f64,
+            alloc as f64 / MIB as f64,
+            rss as f64 / 1024.0
+        ));
+        json.push(serde_json::json!({
+            "tool": t.name, "seconds": secs, "mb_per_s": rate, "speedup_vs_mkfs_btrfs": vs,
+            "image_bytes": size, "allocated_bytes": alloc, "peak_rss_kib": rss, "compressed": t.compressed,
+        }));
+    }
+    table.push_str("\nmachine limits (measured now):\n");
+    for (name, r) in &lim {
+        table.push_str(&format!("  {name}: {:.0} MB/s\n", r / 1e6));
+    }
+    let zstd_all = lim
+        .iter()
+        .find(|l| l.0.starts_with("zstd-3,") && !l.0.contains("1 core"))
+        .map(|l| l.1);
+    if let (Some(z), Some(ours)) = (zstd_all, find("forge-mkfs zstd:3")) {
+        table.push_str(&format!(
+            "  forge-mkfs zstd:3 runs at {:.0}% of the all-core zstd-3 limit\n",
+            bytes as f64 / ours.0 / z * 100.0
+        ));
+    }
+    if let (Some(one), Some(all)) = (find("forge-mkfs zstd:3 -j1"), find("forge-mkfs zstd:3")) {
+        table.push_str(&format!(
+            "  speedup from 1 to {cores} threads with zstd:3: {:.2}x\n",
+            one.0 / all.0
+        ));
+    }
+    println!("{table}");
+    if let Some(j) = &o.json {
+        let doc = serde_json::json!({
+            "tree": src, "files": files, "bytes": bytes, "runs": o.runs, "results": json,
+            "limits": lim.iter().map(|(n, r)| serde_json::json!({"what": n, "bytes_per_s": r})).collect::<Vec<_>>(),
+        });
+        std::fs::write(j, serde_json::to_string_pretty(&doc)?)?;
+        eprintln!("bench: wrote {}", j.display());
+    }
+    let _ = Duration::from_secs(0);
+    Ok(())
+}
