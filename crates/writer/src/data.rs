@@ -752,26 +752,50 @@ pub fn write_all(
                         .map_err(|err| io_err(&node.path, "cannot open", err))?;
                     let mut sums =
                         Vec::with_capacity((e.num_bytes / ss) as usize * opts.csum.size());
-                    let mut buf = vec![0u8; e.num_bytes.min(MIB) as usize];
+                    let phys = layout.physical(e.disk_bytenr).ok_or_else(|| {
+                        Error::Internal(format!("data at {} outside chunks", e.disk_bytenr))
+                    })?;
+                    let mut buf = Vec::new();
                     let mut done = 0;
                     while done < e.num_bytes {
                         let n = (e.num_bytes - done).min(MIB) as usize;
                         let at = e.file_offset + done;
                         let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
-                        read_exact_at(&f, &node.path, &mut buf[..want], at, node.stat.size)?;
-                        buf[want..n].fill(0);
-                        sums.extend(write_and_sum(
-                            &out,
-                            layout,
-                            e.disk_bytenr + done,
-                            &buf[..n],
-                            opts,
-                        )?);
+                        // Read straight into the mapped image when we can
+                        // (one copy), else through a buffer.
+                        let mapped = out.mapped(phys[0] + done, n);
+                        let is_mapped = mapped.is_some();
+                        let dst: &mut [u8] = match mapped {
+                            Some(d) => d,
+                            None => {
+                                buf.resize(n, 0);
+                                &mut buf[..n]
+                            }
+                        };
+                        read_exact_at(&f, &node.path, &mut dst[..want], at, node.stat.size)?;
+                        dst[want..n].fill(0);
+                        let cs = opts.csum.size();
+                        let base = sums.len();
+                        sums.resize(base + n / ss as usize * cs, 0);
+                        for (i, sector) in dst.chunks(ss as usize).enumerate() {
+                            opts.csum.compute_into(
+                                sector,
+                                &mut sums[base + i * cs..base + (i + 1) * cs],
+                            );
+                        }
+                        for (k, p) in phys.iter().enumerate() {
+                            if k > 0 || !is_mapped {
+                                out.write_at(dst, p + done)?;
+                            }
+                        }
                         progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
                         progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                         done += n as u64;
                     }
                     check_size(&f, node)?;
+                    for p in &phys {
+                        out.start_writeback(*p, e.num_bytes);
+                    }
                     Ok(sums)
                 }
             })

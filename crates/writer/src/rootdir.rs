@@ -98,8 +98,26 @@ fn reserve(out: &Output, len: u64) -> Result<bool> {
     }
 }
 
+/// Phase timings on stderr when FORGE_MKFS_TIMING=1 (for profiling).
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn new() -> Self {
+        Timing(std::env::var_os("FORGE_MKFS_TIMING").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&mut self, what: &str) {
+        if let Some(t) = self.0 {
+            eprintln!("timing: {what}: {:.3}s", t.elapsed().as_secs_f64());
+            self.0 = Some(std::time::Instant::now());
+        }
+    }
+}
+
 fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsReport> {
+    let mut timing = Timing::new();
     let tree = scan(&opts.rootdir, &opts.scan)?;
+    timing.mark("scan");
     let m = cfg.metadata_profile;
     let mut layout = Layout {
         chunks: Vec::new(),
@@ -135,13 +153,17 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
                 )));
             }
         }
-        let out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
+        let mut out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
         if reserve(&out, est_end)? {
             reserved = est_end;
+            // Reserved space can be written through a mapping: no SIGBUS.
+            let data_end = l.physical_end().min(out.size);
+            out.map_reserved(data_end)?;
         }
         Ok(out)
     };
     let (mut out, plan) = data::write_all(&tree, &mut layout, &mut open, &dopts, &opts.progress)?;
+    timing.mark("data");
 
     // Items of every tree.
     let ident = identity(cfg);
@@ -216,6 +238,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         data_allocated: plan.allocated.clone(),
         extra_incompat,
     };
+    timing.mark("items");
     // Size the metadata chunk: a dry run in a roomy chunk, then the real one.
     let meta_flags = BTRFS_BLOCK_GROUP_METADATA | m.flag();
     let mut trial = align(est_meta * 2 + 8 * MIB, BTRFS_STRIPE_LEN);
@@ -252,6 +275,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         None if opts.shrink => end,
         None => align(end + (end / 10).clamp(64 * MIB, 1 << 30), MIB),
     };
+    timing.mark("metadata dry run");
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
     // Give back what was reserved beyond the last chunk.
@@ -264,6 +288,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         );
     }
     let report = commit(&out, &input)?;
+    timing.mark("commit");
     Ok(MkfsReport {
         layout,
         commit: report,
