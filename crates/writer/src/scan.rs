@@ -258,6 +258,53 @@ fn sorted_entries(dir: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// One directory entry as read from the source, before numbering.
+struct Raw {
+    name: OsString,
+    path: PathBuf,
+    md: std::fs::Metadata,
+    stat: Stat,
+    kind: Kind,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The listing of a subdirectory.
+    sub: Option<Result<Vec<Raw>>>,
+}
+
+/// Read a directory and everything below it, in parallel (rayon); entries
+/// sorted by name. Numbering happens afterwards, in one deterministic pass.
+fn read_listing(dir: &Path, opts: &ScanOptions) -> Result<Vec<Raw>> {
+    use rayon::prelude::*;
+    let names = sorted_entries(dir)?;
+    names
+        .into_par_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            if name.as_bytes().len() > BTRFS_NAME_LEN {
+                return Err(Error::InvalidOption(format!(
+                    "{}: name is {} bytes long; btrfs allows {BTRFS_NAME_LEN}",
+                    path.display(),
+                    name.as_bytes().len()
+                )));
+            }
+            let md = std::fs::symlink_metadata(&path)
+                .map_err(|e| source_err(&path, "cannot stat", e))?;
+            let kind = kind_of(&path, &md)?;
+            let xattrs = read_xattrs(&path)?;
+            let stat = stat_of(&path, &md, opts);
+            let sub = md.is_dir().then(|| read_listing(&path, opts));
+            Ok(Raw {
+                name,
+                path,
+                md,
+                stat,
+                kind,
+                xattrs,
+                sub,
+            })
+        })
+        .collect()
+}
+
 /// Walk `root` and build the inode graph.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let md = std::fs::symlink_metadata(root)
@@ -287,6 +334,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
             "only one --subvol can be the default".into(),
         ));
     }
+    let listing = read_listing(root, opts)?;
     let mut subvols = vec![Subvol {
         id: BTRFS_FS_TREE_OBJECTID,
         rel: PathBuf::new(),
@@ -305,27 +353,25 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     }];
     // Hard links: (st_dev, st_ino) -> node index, per subvolume.
     let mut seen: Vec<HashMap<(u64, u64), usize>> = vec![HashMap::new()];
-    // Work list of directories to fill: (subvol index, node index, relative path).
-    let mut stack: Vec<(usize, usize, PathBuf)> = vec![(0, 0, PathBuf::new())];
-    while let Some((sv, dir_idx, rel)) = stack.pop() {
-        let dir_path = root.join(&rel);
+    // Work list: (subvol index, dir node index, relative path, its listing).
+    let mut stack: Vec<(usize, usize, PathBuf, Vec<Raw>)> = vec![(0, 0, PathBuf::new(), listing)];
+    while let Some((sv, dir_idx, rel, raws)) = stack.pop() {
         let dir_ino = subvols[sv].nodes[dir_idx].ino;
         let mut entries = Vec::new();
         let mut subdirs = Vec::new();
-        for (i, name) in sorted_entries(&dir_path)?.into_iter().enumerate() {
+        for (i, raw) in raws.into_iter().enumerate() {
+            let Raw {
+                name,
+                path,
+                md,
+                stat,
+                kind,
+                xattrs,
+                sub,
+            } = raw;
             let index = 2 + i as u64;
-            let path = dir_path.join(&name);
             let child_rel = rel.join(&name);
             let nb = name.as_bytes().to_vec();
-            if nb.len() > BTRFS_NAME_LEN {
-                return Err(Error::InvalidOption(format!(
-                    "{}: name is {} bytes long; btrfs allows {BTRFS_NAME_LEN}",
-                    path.display(),
-                    nb.len()
-                )));
-            }
-            let md = std::fs::symlink_metadata(&path)
-                .map_err(|e| source_err(&path, "cannot stat", e))?;
             let ft = ft_from_mode(md.mode());
             if md.is_dir() {
                 if let Some(spec) = opts.subvols.iter().find(|s| s.rel == child_rel) {
@@ -337,12 +383,10 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                         parent: Some((sv, dir_ino, index, nb.clone())),
                         nodes: vec![Node {
                             ino: BTRFS_FIRST_FREE_OBJECTID,
-                            path: path.clone(),
-                            stat: stat_of(&path, &md, opts),
-                            kind: Kind::Dir {
-                                entries: Vec::new(),
-                            },
-                            xattrs: read_xattrs(&path)?,
+                            path,
+                            stat,
+                            kind,
+                            xattrs,
                             links: Vec::new(),
                         }],
                     });
@@ -353,7 +397,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                         target: Target::Subvol(new),
                         file_type: BTRFS_FT_DIR,
                     });
-                    subdirs.push((new, 0, child_rel));
+                    subdirs.push((new, 0, child_rel, sub.unwrap_or(Ok(Vec::new()))?));
                     continue;
                 }
             }
@@ -380,17 +424,17 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
             let ino = BTRFS_FIRST_FREE_OBJECTID + idx as u64;
             nodes.push(Node {
                 ino,
-                path: path.clone(),
-                stat: stat_of(&path, &md, opts),
-                kind: kind_of(&path, &md)?,
-                xattrs: read_xattrs(&path)?,
+                path,
+                stat,
+                kind,
+                xattrs,
                 links: vec![link],
             });
             if !md.is_dir() && md.nlink() > 1 {
                 seen[sv].insert(key, idx);
             }
-            if md.is_dir() {
-                subdirs.push((sv, idx, child_rel));
+            if let Some(sub) = sub {
+                subdirs.push((sv, idx, child_rel, sub?));
             }
             entries.push(DirEntry {
                 name: nb,
