@@ -584,6 +584,8 @@ pub fn write_all(
         .copied()
         .filter(|&(si, ni)| matches!(classes[si][ni], Class::Raw { .. } | Class::Compress { .. }))
         .collect();
+    // Raw bytes read per window: their buffers, the results and the tasks in
+    // flight stay within --memory.
     let window = (opts.memory / 2).max(BTRFS_MAX_COMPRESSED);
     let mut next_file = 0;
     while next_file < order.len() {
@@ -614,26 +616,23 @@ pub fn write_all(
             }
         }
         let c = opts.compression;
-        type Compressed = (Vec<u8>, Option<Vec<u8>>); // raw bytes, compressed if worth it
-        let compressed: Vec<Result<Compressed>> = ranges
+        // One buffer per range: compressed when that saves a sector, else raw.
+        let done: Vec<Result<(Vec<u8>, bool)>> = ranges
             .par_iter()
             .map(|&(si, ni, off, len)| {
                 let node = &scan.subvols[si].nodes[ni];
                 let raw = read_range(node, off, len)?;
-                progress
-                    .bytes_in
-                    .fetch_add(len.min(node.stat.size - off), Ordering::Relaxed);
-                let Some(c) = &c else { return Ok((raw, None)) };
+                let Some(c) = &c else { return Ok((raw, false)) };
                 let mut z = compress(c, &raw, ss as usize)?;
                 if worth_it(z.len(), raw.len(), ss as usize) {
                     z.resize(z.len().div_ceil(ss as usize) * ss as usize, 0);
-                    Ok((raw, Some(z)))
+                    Ok((z, true))
                 } else {
-                    Ok((raw, None))
+                    Ok((raw, false))
                 }
             })
             .collect();
-        let mut compressed = compressed.into_iter();
+        let mut done = done.into_iter();
         // Allocate in order. Buffered pieces carry their bytes; streamed ones
         // (uncompressed files) are read from the file while written.
         enum Piece {
@@ -641,57 +640,69 @@ pub fn write_all(
             Stream,
         }
         let mut pieces: Vec<(FileExtent, Piece)> = Vec::new();
+        let stream = |runs: &[(u64, u64)],
+                      si: usize,
+                      ni: usize,
+                      alloc: &mut DataAlloc,
+                      pieces: &mut Vec<(FileExtent, Piece)>|
+         -> Result<()> {
+            for &(s, e) in runs {
+                let mut off = s;
+                while off < e {
+                    let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
+                    let (at, got) = alloc
+                        .alloc_upto(want)
+                        .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                    let fe = FileExtent {
+                        subvol: si,
+                        node: ni,
+                        file_offset: off,
+                        num_bytes: got,
+                        disk_bytenr: at,
+                        disk_num_bytes: got,
+                        compression: BTRFS_COMPRESS_NONE,
+                    };
+                    pieces.push((fe, Piece::Stream));
+                    off += got;
+                }
+            }
+            Ok(())
+        };
         for &(si, ni) in files {
             match &classes[si][ni] {
-                Class::Raw { runs } => {
-                    for &(s, e) in runs {
-                        let mut off = s;
-                        while off < e {
-                            let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
-                            let (at, got) = alloc
-                                .alloc_upto(want)
-                                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                            let fe = FileExtent {
-                                subvol: si,
-                                node: ni,
-                                file_offset: off,
-                                num_bytes: got,
-                                disk_bytenr: at,
-                                disk_num_bytes: got,
-                                compression: BTRFS_COMPRESS_NONE,
-                            };
-                            pieces.push((fe, Piece::Stream));
-                            off += got;
-                        }
-                    }
-                }
+                Class::Raw { runs } => stream(runs, si, ni, &mut alloc, &mut pieces)?,
                 Class::Compress { runs } => {
                     let n: u64 = runs
                         .iter()
                         .map(|r| (r.1 - r.0).div_ceil(BTRFS_MAX_COMPRESSED))
                         .sum();
-                    let mut file_ranges: Vec<Compressed> = Vec::with_capacity(n as usize);
+                    let mut file_ranges = Vec::with_capacity(n as usize);
                     for _ in 0..n {
-                        let r = compressed
+                        let r = done
                             .next()
                             .ok_or_else(|| Error::Internal("range count".into()))?;
                         file_ranges.push(r?);
                     }
                     // The kernel's rule: a file whose first range does not
-                    // compress is stored uncompressed and marked NOCOMPRESS.
-                    let give_up = !c.is_some_and(|c| c.force)
-                        && file_ranges.first().is_some_and(|r| r.1.is_none());
-                    nocompress[si][ni] = give_up;
-                    let mut k = 0;
+                    // compress is stored uncompressed (streamed again from the
+                    // file, in large extents) and marked NOCOMPRESS.
+                    if !c.is_some_and(|c| c.force) && file_ranges.first().is_some_and(|r| !r.1) {
+                        nocompress[si][ni] = true;
+                        drop(file_ranges);
+                        stream(runs, si, ni, &mut alloc, &mut pieces)?;
+                        continue;
+                    }
+                    let mut file_ranges = file_ranges.into_iter();
                     for &(s, e) in runs {
                         let mut off = s;
                         while off < e {
                             let len = (e - off).min(BTRFS_MAX_COMPRESSED);
-                            let (raw, z) = std::mem::take(&mut file_ranges[k]);
-                            k += 1;
-                            let (buf, comp) = match z {
-                                Some(z) if !give_up => (z, c.map(|c| c.type_byte()).unwrap_or(0)),
-                                _ => (raw, BTRFS_COMPRESS_NONE),
+                            let (buf, is_compressed) = file_ranges
+                                .next()
+                                .ok_or_else(|| Error::Internal("range count".into()))?;
+                            let comp = match (is_compressed, &c) {
+                                (true, Some(c)) => c.type_byte(),
+                                _ => BTRFS_COMPRESS_NONE,
                             };
                             // Uncompressed pieces of one file that land next
                             // to each other on disk become one extent.
@@ -740,6 +751,10 @@ pub fn write_all(
             .par_iter()
             .map(|(e, p)| match p {
                 Piece::Buffer(buf) => {
+                    let size = scan.subvols[e.subvol].nodes[e.node].stat.size;
+                    progress
+                        .bytes_in
+                        .fetch_add(e.num_bytes.min(size - e.file_offset), Ordering::Relaxed);
                     let s = write_and_sum(&out, layout, e.disk_bytenr, buf, opts)?;
                     progress
                         .bytes_out
@@ -787,6 +802,9 @@ pub fn write_all(
                             if k > 0 || !is_mapped {
                                 out.write_at(dst, p + done)?;
                             }
+                        }
+                        if is_mapped {
+                            out.release(phys[0] + done, n as u64);
                         }
                         progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
                         progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);

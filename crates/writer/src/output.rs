@@ -175,6 +175,28 @@ impl Output {
         Some(unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().add(offset as usize), len) })
     }
 
+    /// Drop written pages of `[offset, offset+len)` from our page tables: the
+    /// data stays in the page cache (dirty pages of a shared mapping are kept),
+    /// but it no longer counts as this process's memory.
+    pub fn release(&self, offset: u64, len: u64) {
+        let Some(m) = &self.map else { return };
+        let start = offset / 4096 * 4096;
+        let end = (offset + len).min(m.len() as u64);
+        if end <= start {
+            return;
+        }
+        // SAFETY: DONTNEED on a shared file mapping only unmaps pages; their
+        // contents (dirty included) stay in the page cache. No slice of the
+        // range is in use: callers release what they finished writing.
+        let _ = unsafe {
+            m.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
+    }
+
     /// Start writing `[offset, offset+len)` back to disk now, so the final
     /// flush has less left to do.
     pub fn start_writeback(&self, offset: u64, len: u64) {
@@ -194,6 +216,7 @@ impl Output {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if let Some(dst) = self.mapped(offset, buf.len()) {
             dst.copy_from_slice(buf);
+            self.release(offset, buf.len() as u64);
             return Ok(());
         }
         self.file.write_all_at(buf, offset).map_err(|e| {

@@ -1,0 +1,119 @@
+//! Bad input during the pipeline: a clear error naming the path, and no valid
+//! superblock left behind.
+use std::path::Path;
+
+use btrfs_writer::data::{self, DataOptions, Progress};
+use btrfs_writer::layout::Layout;
+use btrfs_writer::output::Output;
+use btrfs_writer::scan::{scan, ScanOptions};
+use btrfs_writer::{make_rootdir_filesystem, MkfsConfig, RootdirOptions};
+
+fn looks_like_btrfs(img: &Path) -> bool {
+    let Ok(b) = std::fs::read(img) else {
+        return false;
+    };
+    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
+}
+
+fn opts() -> DataOptions {
+    DataOptions {
+        sectorsize: 4096,
+        csum: btrfs_format::CsumType::Crc32c,
+        inline_limit: 2048,
+        compression: None,
+        dedupe: false,
+        chunk_max: 1 << 30,
+        data_flags: btrfs_format::BTRFS_BLOCK_GROUP_DATA,
+        data_stripes: 1,
+        memory: 1 << 20,
+    }
+}
+
+/// The file changes between the scan and the read: shrinks, grows, vanishes.
+#[test]
+fn files_changing_during_the_import() {
+    for (what, change, want) in [
+        ("shrinks", 0, "shrank while being read"),
+        ("grows", 1, "changed size while being read"),
+        ("vanishes", 2, "cannot open"),
+    ] {
+        for compressed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir(&src).unwrap();
+            let victim = src.join("victim");
+            std::fs::write(&victim, vec![7u8; 300_000]).unwrap();
+            std::fs::write(src.join("other"), vec![1u8; 10_000]).unwrap();
+            let tree = scan(&src, &ScanOptions::default()).unwrap();
+            match change {
+                0 => std::fs::File::options()
+                    .write(true)
+                    .open(&victim)
+                    .unwrap()
+                    .set_len(1000)
+                    .unwrap(),
+                1 => std::fs::write(&victim, vec![7u8; 400_000]).unwrap(),
+                _ => std::fs::remove_file(&victim).unwrap(),
+            }
+            let img = dir.path().join("x.img");
+            let mut layout = Layout::default();
+            layout.push_chunk(btrfs_format::BTRFS_BLOCK_GROUP_SYSTEM, 4 << 20, 1);
+            let mut o = opts();
+            if compressed {
+                o.compression = btrfs_writer::compress::Compression::parse("zstd", true).unwrap();
+            }
+            let mut open = |_: &Layout, _: u64| Output::create(&img, Some(64 << 20), false);
+            let r = data::write_all(&tree, &mut layout, &mut open, &o, &Progress::default());
+            let err = match r {
+                Ok(_) => panic!("{what} (compressed {compressed}): no error"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("victim") && err.contains(want),
+                "{what}: {err}"
+            );
+            assert!(!looks_like_btrfs(&img));
+        }
+    }
+}
+
+/// A full disk is a clear error up front (space is reserved with fallocate),
+/// not a SIGBUS or a half-written image.
+#[test]
+fn disk_full_is_a_clear_error() {
+    if !forge_oracle::require_kernel() {
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path());
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("big"), vec![3u8; 40 << 20]).unwrap();
+    let img = mnt.path().join("full.img");
+    let cfg = MkfsConfig {
+        now: (1_700_000_000, 0),
+        ..Default::default()
+    };
+    let err = match make_rootdir_filesystem(&img, &cfg, &RootdirOptions::new(src.path())) {
+        Ok(_) => panic!("a 40 MiB tree fit a 24 MiB disk"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("full.img")
+            && (err.contains("not enough free disk space") || err.contains("No space")),
+        "{err}"
+    );
+    assert!(!looks_like_btrfs(&img));
+}
