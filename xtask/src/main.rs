@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod fsck;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +118,9 @@ fn test(args: &[String]) -> Result<()> {
         "doc tests",
         Command::new("cargo").args(["test", "--workspace", "--doc"]),
     )?;
+    // A bounded fuzz run: mutated images through forge-fsck and forge-inspect
+    // must not panic, hang or allocate without bound.
+    fsck::fuzz(&["--seconds".to_string(), "180".to_string()])?;
     step(
         "format",
         Command::new("cargo").args(["fmt", "--all", "--check"]),
@@ -140,8 +144,10 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&root(), &args[1..]),
+        Some("fuzz") => fsck::fuzz(&args[1..]),
+        Some("bench-fsck") => fsck::bench_fsck(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args] | cargo xtask bench [DIR] [--runs N] [--json FILE]");
+            eprintln!("usage: cargo xtask test [cargo test args] | cargo xtask bench [DIR] [--runs N] [--json FILE] | cargo xtask fuzz [--seconds N] [--libfuzzer] | cargo xtask bench-fsck [IMAGE] [--gib N] [--runs N]");
             return ExitCode::from(2);
         }
     };
