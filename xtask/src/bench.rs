@@ -634,7 +634,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     }
     let zstd_all = lim
         .iter()
-        .find(|l| l.0.starts_with("zstd-3,") && !l.0.contains("1 core"))
+        .find(|l| l.0.starts_with("read + zstd-3,") && !l.0.contains("1 core"))
         .map(|l| l.1);
     if let (Some(z), Some(ours)) = (zstd_all, find("forge-mkfs zstd:3")) {
         table.push_str(&format!(
