@@ -242,20 +242,13 @@ fn fails(args: &[&str], img: &Path) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn looks_like_btrfs(img: &Path) -> bool {
-    let Ok(b) = std::fs::read(img) else {
-        return false;
-    };
-    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
-}
-
 #[test]
 fn bad_input_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("x.img");
     let e = fails(&["-b", "300M", "-n", "12K"], &img);
     assert!(e.contains("nodesize") && e.contains("power of two"), "{e}");
-    assert!(!looks_like_btrfs(&img));
+    assert!(!forge_oracle::looks_like_btrfs(&img));
     let e = fails(&["-b", "300M", "-n", "128K"], &img);
     assert!(e.contains("nodesize"), "{e}");
     let e = fails(&["-b", "300M", "-O", "frobnicate"], &img);
@@ -270,7 +263,7 @@ fn bad_input_is_refused_clearly() {
     assert!(e.contains("not-a-uuid"), "{e}");
     let e = fails(&["-b", "300M", "-O", "^no-holes"], &img);
     assert!(e.contains("block-group-tree requires"), "{e}");
-    assert!(!looks_like_btrfs(&img));
+    assert!(!forge_oracle::looks_like_btrfs(&img));
     // A directory.
     let e = fails(&["-b", "300M"], dir.path());
     assert!(e.contains("directory"), "{e}");
@@ -299,7 +292,7 @@ fn too_small_leaves_no_filesystem_behind() {
     let e = fails(&["-f", "-b", "2M"], &img);
     assert!(e.contains("too small"), "{e}");
     assert!(
-        looks_like_btrfs(&img),
+        forge_oracle::looks_like_btrfs(&img),
         "size is checked before the file is touched"
     );
 }

@@ -645,7 +645,7 @@ fn shrink_and_byte_count() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("needs") && e.contains("-b gives"), "{e}");
-    assert!(!looks_like_btrfs(&small));
+    assert!(!forge_oracle::looks_like_btrfs(&small));
     if oracle::require_kernel() {
         for img in [&shrunk, &plain, &sized] {
             oracle::btrfs_check(img, true);
@@ -665,13 +665,6 @@ fn shrink_and_byte_count() {
     }
 }
 
-fn looks_like_btrfs(img: &Path) -> bool {
-    let Ok(b) = std::fs::read(img) else {
-        return false;
-    };
-    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
-}
-
 #[test]
 fn bad_sources_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -680,7 +673,7 @@ fn bad_sources_are_refused_clearly() {
         let o = oracle::run(mkfs().args(args).arg("--rootdir").arg(src).arg(&img));
         assert!(!o.status.success(), "{args:?} {} succeeded", src.display());
         assert!(
-            !looks_like_btrfs(&img),
+            !forge_oracle::looks_like_btrfs(&img),
             "a failed run left a valid superblock"
         );
         String::from_utf8_lossy(&o.stderr).into_owned()
@@ -722,7 +715,7 @@ fn bad_sources_are_refused_clearly() {
             e.contains("secret") && e.contains("ermission denied"),
             "{e}"
         );
-        assert!(!looks_like_btrfs(&img));
+        assert!(!forge_oracle::looks_like_btrfs(&img));
         std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -733,7 +726,7 @@ fn bad_sources_are_refused_clearly() {
             e.contains("sub") && e.contains("cannot read directory"),
             "{e}"
         );
-        assert!(!looks_like_btrfs(&img));
+        assert!(!forge_oracle::looks_like_btrfs(&img));
     } else {
         eprintln!("*** SKIPPED: unreadable-file cases need root and setpriv ***");
     }

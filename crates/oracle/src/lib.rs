@@ -257,6 +257,15 @@ pub fn churn(root: &Path, mib: usize) {
     let _ = Command::new("sync").status();
 }
 
+/// Does `img` carry a btrfs superblock magic at 64 KiB? A failed run must
+/// never leave one behind.
+pub fn looks_like_btrfs(img: &Path) -> bool {
+    let Ok(b) = std::fs::read(img) else {
+        return false;
+    };
+    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
+}
+
 /// Root of the workspace (for fixtures in testdata/).
 pub fn workspace_root() -> PathBuf {
     let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -224,45 +224,47 @@ impl<'a> DataAlloc<'a> {
         }
     }
 
-    /// The longest free piece at the cursor, at most `len`.
-    fn alloc_upto(&mut self, len: u64) -> Option<(u64, u64)> {
+    /// The longest free piece at the cursor, at most `len`: (chunk index,
+    /// address, length). Computed without moving the cursor.
+    fn next_piece(&self, len: u64) -> Option<(usize, u64, u64)> {
+        let (mut chunk, mut cursor) = (self.chunk, self.cursor);
         loop {
-            let c = self.chunks.get(self.chunk)?;
-            if self.cursor >= c.end() {
-                self.chunk += 1;
-                self.cursor = self.chunks.get(self.chunk)?.logical;
+            let c = self.chunks.get(chunk)?;
+            if cursor >= c.end() {
+                chunk += 1;
+                cursor = self.chunks.get(chunk)?.logical;
                 continue;
             }
-            if let Some(&(s, l)) = self.excluded[self.chunk]
+            if let Some(&(s, l)) = self.excluded[chunk]
                 .iter()
-                .find(|&&(s, l)| self.cursor >= s && self.cursor < s + l)
+                .find(|&&(s, l)| cursor >= s && cursor < s + l)
             {
-                self.cursor = s + l;
+                cursor = s + l;
                 continue;
             }
-            let limit = self.excluded[self.chunk]
+            let limit = self.excluded[chunk]
                 .iter()
                 .map(|&(s, _)| s)
-                .filter(|&s| s > self.cursor)
+                .filter(|&s| s > cursor)
                 .min()
                 .unwrap_or(c.end())
                 .min(c.end());
-            let got = len.min(limit - self.cursor);
-            let at = self.cursor;
-            self.cursor += got;
-            return Some((at, got));
+            return Some((chunk, cursor, len.min(limit - cursor)));
         }
+    }
+
+    /// Take the longest free piece at the cursor, at most `len`.
+    fn alloc_upto(&mut self, len: u64) -> Option<(u64, u64)> {
+        let (chunk, at, got) = self.next_piece(len)?;
+        self.chunk = chunk;
+        self.cursor = at + got;
+        Some((at, got))
     }
 
     /// Where `alloc_upto(len)` would allocate, without allocating.
     fn peek_upto(&self, len: u64) -> (u64, u64) {
-        let mut probe = DataAlloc {
-            chunks: self.chunks,
-            excluded: self.excluded.clone(),
-            chunk: self.chunk,
-            cursor: self.cursor,
-        };
-        probe.alloc_upto(len).unwrap_or((u64::MAX, 0))
+        self.next_piece(len)
+            .map_or((u64::MAX, 0), |(_, at, got)| (at, got))
     }
 
     /// `len` contiguous bytes (skipping a piece too short to hold them).
@@ -466,6 +468,17 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
+/// Append the per-sector checksums of `buf` to `sums`.
+fn sector_sums(buf: &[u8], opts: &DataOptions, sums: &mut Vec<u8>) {
+    let cs = opts.csum.size();
+    let base = sums.len();
+    sums.resize(base + buf.len() / opts.sectorsize as usize * cs, 0);
+    for (i, sector) in buf.chunks(opts.sectorsize as usize).enumerate() {
+        let at = base + i * cs;
+        opts.csum.compute_into(sector, &mut sums[at..at + cs]);
+    }
+}
+
 /// Write `buf` at `logical` (every copy) and return its per-sector checksums.
 fn write_and_sum(
     out: &Output,
@@ -474,12 +487,8 @@ fn write_and_sum(
     buf: &[u8],
     opts: &DataOptions,
 ) -> Result<Vec<u8>> {
-    let cs = opts.csum.size();
-    let mut sums = vec![0u8; buf.len() / opts.sectorsize as usize * cs];
-    for (i, sector) in buf.chunks(opts.sectorsize as usize).enumerate() {
-        opts.csum
-            .compute_into(sector, &mut sums[i * cs..(i + 1) * cs]);
-    }
+    let mut sums = Vec::new();
+    sector_sums(buf, opts, &mut sums);
     let phys = layout
         .physical(logical)
         .ok_or_else(|| Error::Internal(format!("data at {logical} outside chunks")))?;
@@ -554,7 +563,6 @@ pub fn write_all(
     } else {
         0
     };
-    let chunk_start = layout.chunks.len();
     let chunks = data_chunks(
         layout,
         upper + slack,
@@ -789,15 +797,7 @@ pub fn write_all(
                         };
                         read_exact_at(&f, &node.path, &mut dst[..want], at, node.stat.size)?;
                         dst[want..n].fill(0);
-                        let cs = opts.csum.size();
-                        let base = sums.len();
-                        sums.resize(base + n / ss as usize * cs, 0);
-                        for (i, sector) in dst.chunks(ss as usize).enumerate() {
-                            opts.csum.compute_into(
-                                sector,
-                                &mut sums[base + i * cs..base + (i + 1) * cs],
-                            );
-                        }
+                        sector_sums(dst, opts, &mut sums);
                         for (k, p) in phys.iter().enumerate() {
                             if k > 0 || !is_mapped {
                                 out.write_at(dst, p + done)?;
@@ -844,7 +844,6 @@ pub fn write_all(
         }
         kept.push(ch);
     }
-    let _ = chunk_start;
 
     // 5. Flatten per file; duplicates share their owner's extents.
     let mut extents = Vec::new();

@@ -178,13 +178,7 @@ pub fn make_empty_filesystem(path: &Path, cfg: &MkfsConfig) -> Result<MkfsReport
     }
     let out = Output::create(path, cfg.byte_count, cfg.force)?;
     let size = out.size / cfg.sectorsize as u64 * cfg.sectorsize as u64;
-    let layout = match empty_layout(cfg, size) {
-        Ok(l) => l,
-        Err(e) => {
-            drop(out);
-            return Err(e);
-        }
-    };
+    let layout = empty_layout(cfg, size)?;
     let ident = identity(cfg);
     let generation = 1;
     let fs_uuid = derive_uuid(&ident.fsid, b"subvolume 5");

@@ -8,13 +8,6 @@ use btrfs_writer::output::Output;
 use btrfs_writer::scan::{scan, ScanOptions};
 use btrfs_writer::{make_rootdir_filesystem, MkfsConfig, RootdirOptions};
 
-fn looks_like_btrfs(img: &Path) -> bool {
-    let Ok(b) = std::fs::read(img) else {
-        return false;
-    };
-    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
-}
-
 fn opts() -> DataOptions {
     DataOptions {
         sectorsize: 4096,
@@ -72,7 +65,7 @@ fn files_changing_during_the_import() {
                 err.contains("victim") && err.contains(want),
                 "{what}: {err}"
             );
-            assert!(!looks_like_btrfs(&img));
+            assert!(!forge_oracle::looks_like_btrfs(&img));
         }
     }
 }
@@ -115,5 +108,5 @@ fn disk_full_is_a_clear_error() {
             && (err.contains("not enough free disk space") || err.contains("No space")),
         "{err}"
     );
-    assert!(!looks_like_btrfs(&img));
+    assert!(!forge_oracle::looks_like_btrfs(&img));
 }
