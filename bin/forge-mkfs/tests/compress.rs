@@ -294,8 +294,10 @@ fn compressed_images_are_reproducible_across_threads() {
     make_tree(&src);
     manifest(&src); // settle atimes (relatime) before the first import
     let mut images = Vec::new();
-    for j in ["1", "2"] {
-        let img = dir.path().join(format!("r{j}.img"));
+    // The thread count and the memory budget (how far compression runs ahead
+    // of allocation) must not change a byte.
+    for (j, memory) in [("1", "1M"), ("2", "1M"), ("2", "256M")] {
+        let img = dir.path().join(format!("r{j}-{memory}.img"));
         oracle::run_ok(
             mkfs()
                 .env("SOURCE_DATE_EPOCH", "1700000000")
@@ -306,7 +308,7 @@ fn compressed_images_are_reproducible_across_threads() {
                     "--compress=zstd",
                     "--dedupe",
                     "--memory",
-                    "1M",
+                    memory,
                 ])
                 .args(["-U", "11111111-2222-3333-4444-555555555555"])
                 .args(["--device-uuid", "66666666-7777-8888-9999-aaaaaaaaaaaa"])
@@ -317,6 +319,7 @@ fn compressed_images_are_reproducible_across_threads() {
         images.push(std::fs::read(&img).unwrap());
     }
     assert!(images[0] == images[1], "-j 1 and -j 2 images differ");
+    assert!(images[1] == images[2], "--memory 1M and 256M images differ");
 }
 
 #[test]

@@ -208,6 +208,21 @@ pub fn build_tree(
     owner: u64,
     p: &BlockParams,
 ) -> Result<BuiltTree> {
+    build_tree_into(items, plan, addrs, owner, p, true, &mut |_, _| Ok(()))
+}
+
+/// Serialize `items` as planned and hand each finished block to `emit`
+/// (bytenr, bytes). Unless `keep` is set, the returned blocks carry no bytes:
+/// a large tree is written out block by block instead of held in memory.
+pub fn build_tree_into(
+    items: &TreeItems,
+    plan: &TreePlan,
+    addrs: &[u64],
+    owner: u64,
+    p: &BlockParams,
+    keep: bool,
+    emit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<BuiltTree> {
     if addrs.len() != plan.block_count() {
         return Err(Error::Internal(format!(
             "tree {owner}: {} addresses for {} blocks",
@@ -236,6 +251,10 @@ pub fn build_tree(
             b[at..at + Item::SIZE].copy_from_slice(it.as_bytes());
         }
         seal_block(&mut b, p.csum);
+        emit(bytenr, &b)?;
+        if !keep {
+            b = Vec::new();
+        }
         let first_key = if r.is_empty() {
             Key::MIN
         } else {
@@ -268,6 +287,10 @@ pub fn build_tree(
                 b[at..at + KeyPtr::SIZE].copy_from_slice(kp.as_bytes());
             }
             seal_block(&mut b, p.csum);
+            emit(bytenr, &b)?;
+            if !keep {
+                b = Vec::new();
+            }
             let first_key = blocks[below.start + r.start].first_key;
             blocks.push(Block {
                 bytenr,

@@ -10,7 +10,7 @@ use btrfs_format::items::{uuid_key, ChunkWithStripes, InlineRef};
 use btrfs_format::*;
 use zerocopy::IntoBytes;
 
-use crate::btree::{build_tree, BlockParams, BuiltTree, TreeItems, TreePlan};
+use crate::btree::{build_tree_into, BlockParams, BuiltTree, TreeItems, TreePlan};
 use crate::config::Features;
 use crate::layout::{complement, BumpAlloc, Layout};
 use crate::output::Output;
@@ -636,6 +636,7 @@ pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
         var,
         pl,
     } = solve(input)?;
+    let t0 = std::time::Instant::now();
     let params = BlockParams {
         nodesize: input.nodesize,
         csum: input.csum,
@@ -643,30 +644,45 @@ pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
         chunk_tree_uuid: input.ident.chunk_tree_uuid,
         generation: input.generation,
     };
+    // Each tree block goes to every copy as soon as it is built.
+    let mut count = 0;
+    let mut emit = |bytenr: u64, bytes: &[u8]| -> Result<()> {
+        let phys = input
+            .layout
+            .physical(bytenr)
+            .ok_or_else(|| Error::Internal(format!("tree block {bytenr} outside every chunk")))?;
+        for p in phys {
+            out.write_at(bytes, p)?;
+        }
+        count += 1;
+        Ok(())
+    };
     let mut built: BTreeMap<u64, BuiltTree> = BTreeMap::new();
     for p in std::iter::once(&chunk)
         .chain(fixed.iter())
         .chain(var.values())
     {
-        built.insert(
+        let t = build_tree_into(
+            &p.items,
+            &p.plan,
+            &pl.addrs[&p.id],
             p.id,
-            build_tree(&p.items, &p.plan, &pl.addrs[&p.id], p.id, &params)?,
+            &params,
+            false,
+            &mut emit,
+        )?;
+        built.insert(p.id, t);
+    }
+    let t1 = t0.elapsed();
+    out.sync()?;
+    let t2 = t0.elapsed();
+    if std::env::var_os("FORGE_MKFS_TIMING").is_some() {
+        eprintln!(
+            "timing:   commit build+write {:.3}s, sync {:.3}s",
+            t1.as_secs_f64(),
+            (t2 - t1).as_secs_f64()
         );
     }
-    // Tree blocks to every copy.
-    let mut count = 0;
-    for t in built.values() {
-        for b in &t.blocks {
-            let phys = input.layout.physical(b.bytenr).ok_or_else(|| {
-                Error::Internal(format!("tree block {} outside every chunk", b.bytenr))
-            })?;
-            for p in phys {
-                out.write_at(&b.bytes, p)?;
-            }
-            count += 1;
-        }
-    }
-    out.sync()?;
 
     let sb = superblock(input, &built, &pl)?;
     out.write_superblocks(&sb, input.csum)?;

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use btrfs_format::*;
 use rayon::prelude::*;
 
-use crate::compress::{compress, worth_it, Compression};
+use crate::compress::{compress, Compression};
 use crate::layout::{ChunkSpec, Layout, MIB};
 use crate::output::Output;
 use crate::scan::{Kind, Node, Scan};
@@ -108,7 +108,7 @@ pub struct DataPlan {
     pub bytes_on_disk: u64,
 }
 
-fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     Error::io(path, std::io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
@@ -154,7 +154,13 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
 }
 
 /// Read exactly `buf.len()` bytes at `offset`, or fail naming the file.
-fn read_exact_at(f: &File, path: &Path, buf: &mut [u8], offset: u64, size: u64) -> Result<()> {
+pub(crate) fn read_exact_at(
+    f: &File,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+    size: u64,
+) -> Result<()> {
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], offset + got as u64) {
@@ -178,7 +184,7 @@ fn read_exact_at(f: &File, path: &Path, buf: &mut [u8], offset: u64, size: u64) 
     Ok(())
 }
 
-fn check_size(f: &File, node: &Node) -> Result<()> {
+pub(crate) fn check_size(f: &File, node: &Node) -> Result<()> {
     let now = f
         .metadata()
         .map_err(|e| io_err(&node.path, "cannot stat", e))?
@@ -196,7 +202,7 @@ fn check_size(f: &File, node: &Node) -> Result<()> {
 }
 
 /// File bytes of `[offset, offset+len)`, zero-padded past EOF.
-fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
     let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut buf = vec![0u8; len as usize];
     let want = len.min(node.stat.size.saturating_sub(offset)) as usize;
@@ -207,15 +213,15 @@ fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
 
 /// Allocator over the data chunks: hands out space at the cursor, never
 /// across a chunk end or a superblock copy.
-struct DataAlloc<'a> {
+pub(crate) struct DataAlloc<'a> {
     chunks: &'a [ChunkSpec],
     excluded: Vec<Vec<(u64, u64)>>,
     chunk: usize,
-    cursor: u64,
+    pub(crate) cursor: u64,
 }
 
 impl<'a> DataAlloc<'a> {
-    fn new(chunks: &'a [ChunkSpec]) -> Self {
+    pub(crate) fn new(chunks: &'a [ChunkSpec]) -> Self {
         DataAlloc {
             excluded: chunks.iter().map(|c| c.excluded()).collect(),
             cursor: chunks.first().map(|c| c.logical).unwrap_or(0),
@@ -254,7 +260,7 @@ impl<'a> DataAlloc<'a> {
     }
 
     /// Take the longest free piece at the cursor, at most `len`.
-    fn alloc_upto(&mut self, len: u64) -> Option<(u64, u64)> {
+    pub(crate) fn alloc_upto(&mut self, len: u64) -> Option<(u64, u64)> {
         let (chunk, at, got) = self.next_piece(len)?;
         self.chunk = chunk;
         self.cursor = at + got;
@@ -262,13 +268,13 @@ impl<'a> DataAlloc<'a> {
     }
 
     /// Where `alloc_upto(len)` would allocate, without allocating.
-    fn peek_upto(&self, len: u64) -> (u64, u64) {
+    pub(crate) fn peek_upto(&self, len: u64) -> (u64, u64) {
         self.next_piece(len)
             .map_or((u64::MAX, 0), |(_, at, got)| (at, got))
     }
 
     /// `len` contiguous bytes (skipping a piece too short to hold them).
-    fn alloc_exact(&mut self, len: u64) -> Option<u64> {
+    pub(crate) fn alloc_exact(&mut self, len: u64) -> Option<u64> {
         loop {
             // A piece too short is skipped (at most 128 KiB goes unused).
             let (at, got) = self.alloc_upto(len)?;
@@ -314,7 +320,7 @@ pub fn data_chunks(
 
 /// How a file was classified before its data is written.
 #[derive(Debug, Clone)]
-enum Class {
+pub(crate) enum Class {
     Empty,
     Inline {
         data: Vec<u8>,
@@ -369,78 +375,39 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
     }
 }
 
-/// Mark files whose content equals an earlier file's as duplicates.
-fn dedupe(scan: &Scan, classes: &mut [Vec<Class>]) -> Result<()> {
+/// Dedupe candidates: files with data whose (size, data runs) another file
+/// shares. Only these are hashed.
+fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
     use std::collections::HashMap;
-    // Candidates grouped by (size, runs).
-    type Shape = (u64, Vec<(u64, u64)>); // size and data runs
-    let mut groups: HashMap<Shape, Vec<(usize, usize)>> = HashMap::new();
+    type Shape<'a> = (u64, &'a [(u64, u64)]);
+    let mut count: HashMap<Shape, usize> = HashMap::new();
     for (si, sv) in classes.iter().enumerate() {
         for (ni, c) in sv.iter().enumerate() {
             if let Class::Raw { runs } | Class::Compress { runs } = c {
-                let size = scan.subvols[si].nodes[ni].stat.size;
-                groups
-                    .entry((size, runs.clone()))
-                    .or_default()
-                    .push((si, ni));
+                *count
+                    .entry((scan.subvols[si].nodes[ni].stat.size, &runs[..]))
+                    .or_default() += 1;
             }
         }
     }
-    let candidates: Vec<(usize, usize)> = groups
-        .into_values()
-        .filter(|g| g.len() > 1)
-        .flatten()
-        .collect();
-    // Strong hash of each candidate's data runs, in parallel.
-    let hashes: Vec<Result<((usize, usize), u128)>> = candidates
-        .par_iter()
-        .map(|&(si, ni)| {
-            let node = &scan.subvols[si].nodes[ni];
-            let runs = match &classes[si][ni] {
-                Class::Raw { runs } | Class::Compress { runs } => runs.clone(),
-                _ => Vec::new(),
-            };
-            let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            let mut buf = vec![0u8; MIB as usize];
-            for (s, e) in runs {
-                let e = e.min(node.stat.size);
-                let mut off = s;
-                while off < e {
-                    let n = (e - off).min(MIB) as usize;
-                    read_exact_at(&f, &node.path, &mut buf[..n], off, node.stat.size)?;
-                    h.update(&buf[..n]);
-                    off += n as u64;
-                }
-            }
-            Ok(((si, ni), h.digest128()))
+    classes
+        .iter()
+        .enumerate()
+        .map(|(si, sv)| {
+            sv.iter()
+                .enumerate()
+                .map(|(ni, c)| match c {
+                    Class::Raw { runs } | Class::Compress { runs } => {
+                        count[&(scan.subvols[si].nodes[ni].stat.size, &runs[..])] > 1
+                    }
+                    _ => false,
+                })
+                .collect()
         })
-        .collect();
-    let mut by_hash: std::collections::BTreeMap<(u64, u128), Vec<(usize, usize)>> =
-        Default::default();
-    for r in hashes {
-        let ((si, ni), h) = r?;
-        by_hash
-            .entry((scan.subvols[si].nodes[ni].stat.size, h))
-            .or_default()
-            .push((si, ni));
-    }
-    for mut group in by_hash.into_values().filter(|g| g.len() > 1) {
-        group.sort_unstable();
-        let owner = group[0];
-        let a = &scan.subvols[owner.0].nodes[owner.1].path;
-        for &(si, ni) in &group[1..] {
-            // Confirm byte for byte before sharing.
-            let b = &scan.subvols[si].nodes[ni].path;
-            if same_content(a, b)? {
-                classes[si][ni] = Class::Dup { owner };
-            }
-        }
-    }
-    Ok(())
+        .collect()
 }
 
-fn same_content(a: &Path, b: &Path) -> Result<bool> {
+pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     use std::io::Read;
     let mut fa = File::open(a).map_err(|e| io_err(a, "cannot open", e))?;
     let mut fb = File::open(b).map_err(|e| io_err(b, "cannot open", e))?;
@@ -469,7 +436,7 @@ fn same_content(a: &Path, b: &Path) -> Result<bool> {
 }
 
 /// Append the per-sector checksums of `buf` to `sums`.
-fn sector_sums(buf: &[u8], opts: &DataOptions, sums: &mut Vec<u8>) {
+pub(crate) fn sector_sums(buf: &[u8], opts: &DataOptions, sums: &mut Vec<u8>) {
     let cs = opts.csum.size();
     let base = sums.len();
     sums.resize(base + buf.len() / opts.sectorsize as usize * cs, 0);
@@ -479,27 +446,9 @@ fn sector_sums(buf: &[u8], opts: &DataOptions, sums: &mut Vec<u8>) {
     }
 }
 
-/// Write `buf` at `logical` (every copy) and return its per-sector checksums.
-fn write_and_sum(
-    out: &Output,
-    layout: &Layout,
-    logical: u64,
-    buf: &[u8],
-    opts: &DataOptions,
-) -> Result<Vec<u8>> {
-    let mut sums = Vec::new();
-    sector_sums(buf, opts, &mut sums);
-    let phys = layout
-        .physical(logical)
-        .ok_or_else(|| Error::Internal(format!("data at {logical} outside chunks")))?;
-    for p in phys {
-        out.write_at(buf, p)?;
-    }
-    Ok(sums)
-}
-
 /// Classify, deduplicate, compress, place and write all file data.
 pub fn write_all(
+    pool: &rayon::ThreadPool,
     scan: &Scan,
     layout: &mut Layout,
     out_for: &mut dyn FnMut(&Layout, u64) -> Result<Output>,
@@ -527,10 +476,11 @@ pub fn write_all(
             .sum(),
         Ordering::Relaxed,
     );
-    let classified: Vec<Result<Class>> = flat
-        .par_iter()
-        .map(|&(si, ni)| classify(&scan.subvols[si].nodes[ni], opts))
-        .collect();
+    let classified: Vec<Result<Class>> = pool.install(|| {
+        flat.par_iter()
+            .map(|&(si, ni)| classify(&scan.subvols[si].nodes[ni], opts))
+            .collect()
+    });
     let mut classes: Vec<Vec<Class>> = scan
         .subvols
         .iter()
@@ -539,10 +489,12 @@ pub fn write_all(
     for (&(si, _), c) in flat.iter().zip(classified) {
         classes[si].push(c?);
     }
-    // 2. Deduplicate.
-    if opts.dedupe {
-        dedupe(scan, &mut classes)?;
-    }
+    // 2. Deduplication candidates (decided in the pipeline).
+    let candidates = if opts.dedupe {
+        dedupe_candidates(scan, &classes)
+    } else {
+        classes.iter().map(|sv| vec![false; sv.len()]).collect()
+    };
     // Data chunks for the worst case (nothing compresses).
     let mut upper = 0u64;
     let mut compressed_ranges = 0u64;
@@ -571,261 +523,31 @@ pub fn write_all(
         opts.chunk_max,
     );
     let out = out_for(layout, upper + slack)?;
-    let mut alloc = DataAlloc::new(&chunks);
-    let mut per_node: Vec<Vec<Vec<FileExtent>>> = scan
-        .subvols
-        .iter()
-        .map(|s| vec![Vec::new(); s.nodes.len()])
-        .collect();
-    let mut csums: Vec<(u64, Vec<u8>)> = Vec::new();
-
-    // 3. The pipeline, a bounded window of files at a time: compress the
-    //    delayed ordered extents in parallel, allocate strictly in file order,
-    //    then write and checksum in parallel.
-    let mut nocompress: Vec<Vec<bool>> = scan
-        .subvols
-        .iter()
-        .map(|s| vec![false; s.nodes.len()])
-        .collect();
+    let alloc = DataAlloc::new(&chunks);
+    // 3. The pipeline: files with data extents in (subvolume, inode) order.
     let order: Vec<(usize, usize)> = flat
         .iter()
         .copied()
         .filter(|&(si, ni)| matches!(classes[si][ni], Class::Raw { .. } | Class::Compress { .. }))
         .collect();
-    // Raw bytes read per window: their buffers, the results and the tasks in
-    // flight stay within --memory.
-    let window = (opts.memory / 2).max(BTRFS_MAX_COMPRESSED);
-    let mut next_file = 0;
-    while next_file < order.len() {
-        // Files of this window: compression candidates count against the budget.
-        let mut budget = 0u64;
-        let mut end = next_file;
-        while end < order.len() && (end == next_file || budget < window) {
-            let (si, ni) = order[end];
-            if let Class::Compress { runs } = &classes[si][ni] {
-                budget += runs.iter().map(|r| r.1 - r.0).sum::<u64>();
-            }
-            end += 1;
-        }
-        let files = &order[next_file..end];
-        next_file = end;
-        // Delayed ordered extents of the compression candidates.
-        let mut ranges: Vec<(usize, usize, u64, u64)> = Vec::new();
-        for &(si, ni) in files {
-            if let Class::Compress { runs } = &classes[si][ni] {
-                for &(s, e) in runs {
-                    let mut off = s;
-                    while off < e {
-                        let len = (e - off).min(BTRFS_MAX_COMPRESSED);
-                        ranges.push((si, ni, off, len));
-                        off += len;
-                    }
-                }
-            }
-        }
-        let c = opts.compression;
-        // One buffer per range: compressed when that saves a sector, else raw.
-        let done: Vec<Result<(Vec<u8>, bool)>> = ranges
-            .par_iter()
-            .map(|&(si, ni, off, len)| {
-                let node = &scan.subvols[si].nodes[ni];
-                let raw = read_range(node, off, len)?;
-                let Some(c) = &c else { return Ok((raw, false)) };
-                let mut z = compress(c, &raw, ss as usize)?;
-                if worth_it(z.len(), raw.len(), ss as usize) {
-                    z.resize(z.len().div_ceil(ss as usize) * ss as usize, 0);
-                    Ok((z, true))
-                } else {
-                    Ok((raw, false))
-                }
-            })
-            .collect();
-        let mut done = done.into_iter();
-        // Allocate in order. Buffered pieces carry their bytes; streamed ones
-        // (uncompressed files) are read from the file while written.
-        enum Piece {
-            Buffer(Vec<u8>),
-            Stream,
-        }
-        let mut pieces: Vec<(FileExtent, Piece)> = Vec::new();
-        let stream = |runs: &[(u64, u64)],
-                      si: usize,
-                      ni: usize,
-                      alloc: &mut DataAlloc,
-                      pieces: &mut Vec<(FileExtent, Piece)>|
-         -> Result<()> {
-            for &(s, e) in runs {
-                let mut off = s;
-                while off < e {
-                    let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
-                    let (at, got) = alloc
-                        .alloc_upto(want)
-                        .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                    let fe = FileExtent {
-                        subvol: si,
-                        node: ni,
-                        file_offset: off,
-                        num_bytes: got,
-                        disk_bytenr: at,
-                        disk_num_bytes: got,
-                        compression: BTRFS_COMPRESS_NONE,
-                    };
-                    pieces.push((fe, Piece::Stream));
-                    off += got;
-                }
-            }
-            Ok(())
-        };
-        for &(si, ni) in files {
-            match &classes[si][ni] {
-                Class::Raw { runs } => stream(runs, si, ni, &mut alloc, &mut pieces)?,
-                Class::Compress { runs } => {
-                    let n: u64 = runs
-                        .iter()
-                        .map(|r| (r.1 - r.0).div_ceil(BTRFS_MAX_COMPRESSED))
-                        .sum();
-                    let mut file_ranges = Vec::with_capacity(n as usize);
-                    for _ in 0..n {
-                        let r = done
-                            .next()
-                            .ok_or_else(|| Error::Internal("range count".into()))?;
-                        file_ranges.push(r?);
-                    }
-                    // The kernel's rule: a file whose first range does not
-                    // compress is stored uncompressed (streamed again from the
-                    // file, in large extents) and marked NOCOMPRESS.
-                    if !c.is_some_and(|c| c.force) && file_ranges.first().is_some_and(|r| !r.1) {
-                        nocompress[si][ni] = true;
-                        drop(file_ranges);
-                        stream(runs, si, ni, &mut alloc, &mut pieces)?;
-                        continue;
-                    }
-                    let mut file_ranges = file_ranges.into_iter();
-                    for &(s, e) in runs {
-                        let mut off = s;
-                        while off < e {
-                            let len = (e - off).min(BTRFS_MAX_COMPRESSED);
-                            let (buf, is_compressed) = file_ranges
-                                .next()
-                                .ok_or_else(|| Error::Internal("range count".into()))?;
-                            let comp = match (is_compressed, &c) {
-                                (true, Some(c)) => c.type_byte(),
-                                _ => BTRFS_COMPRESS_NONE,
-                            };
-                            // Uncompressed pieces of one file that land next
-                            // to each other on disk become one extent.
-                            if comp == BTRFS_COMPRESS_NONE {
-                                if let Some((prev, Piece::Buffer(pbuf))) = pieces.last_mut() {
-                                    let (at, got) = alloc.peek_upto(len);
-                                    if prev.subvol == si
-                                        && prev.node == ni
-                                        && prev.compression == BTRFS_COMPRESS_NONE
-                                        && prev.file_offset + prev.num_bytes == off
-                                        && prev.disk_bytenr + prev.disk_num_bytes == at
-                                        && got == len
-                                        && prev.num_bytes + len <= BTRFS_MAX_EXTENT_SIZE
-                                    {
-                                        alloc.alloc_exact(len);
-                                        prev.num_bytes += len;
-                                        prev.disk_num_bytes += len;
-                                        pbuf.extend_from_slice(&buf);
-                                        off += len;
-                                        continue;
-                                    }
-                                }
-                            }
-                            let at = alloc
-                                .alloc_exact(buf.len() as u64)
-                                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
-                            let fe = FileExtent {
-                                subvol: si,
-                                node: ni,
-                                file_offset: off,
-                                num_bytes: len,
-                                disk_bytenr: at,
-                                disk_num_bytes: buf.len() as u64,
-                                compression: comp,
-                            };
-                            pieces.push((fe, Piece::Buffer(buf)));
-                            off += len;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Write and checksum in parallel.
-        let sums: Vec<Result<Vec<u8>>> = pieces
-            .par_iter()
-            .map(|(e, p)| match p {
-                Piece::Buffer(buf) => {
-                    let size = scan.subvols[e.subvol].nodes[e.node].stat.size;
-                    progress
-                        .bytes_in
-                        .fetch_add(e.num_bytes.min(size - e.file_offset), Ordering::Relaxed);
-                    let s = write_and_sum(&out, layout, e.disk_bytenr, buf, opts)?;
-                    progress
-                        .bytes_out
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    Ok(s)
-                }
-                Piece::Stream => {
-                    let node = &scan.subvols[e.subvol].nodes[e.node];
-                    let f = File::open(&node.path)
-                        .map_err(|err| io_err(&node.path, "cannot open", err))?;
-                    let mut sums =
-                        Vec::with_capacity((e.num_bytes / ss) as usize * opts.csum.size());
-                    let phys = layout.physical(e.disk_bytenr).ok_or_else(|| {
-                        Error::Internal(format!("data at {} outside chunks", e.disk_bytenr))
-                    })?;
-                    let mut buf = Vec::new();
-                    let mut done = 0;
-                    while done < e.num_bytes {
-                        let n = (e.num_bytes - done).min(MIB) as usize;
-                        let at = e.file_offset + done;
-                        let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
-                        // Read straight into the mapped image when we can
-                        // (one copy), else through a buffer.
-                        let mapped = out.mapped(phys[0] + done, n);
-                        let is_mapped = mapped.is_some();
-                        let dst: &mut [u8] = match mapped {
-                            Some(d) => d,
-                            None => {
-                                buf.resize(n, 0);
-                                &mut buf[..n]
-                            }
-                        };
-                        read_exact_at(&f, &node.path, &mut dst[..want], at, node.stat.size)?;
-                        dst[want..n].fill(0);
-                        sector_sums(dst, opts, &mut sums);
-                        for (k, p) in phys.iter().enumerate() {
-                            if k > 0 || !is_mapped {
-                                out.write_at(dst, p + done)?;
-                            }
-                        }
-                        if is_mapped {
-                            out.release(phys[0] + done, n as u64);
-                        }
-                        progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
-                        progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                        done += n as u64;
-                    }
-                    check_size(&f, node)?;
-                    for p in &phys {
-                        out.start_writeback(*p, e.num_bytes);
-                    }
-                    Ok(sums)
-                }
-            })
-            .collect();
-        for ((e, _), s) in pieces.into_iter().zip(sums) {
-            csums.push((e.disk_bytenr, s?));
-            per_node[e.subvol][e.node].push(e);
-        }
-    }
+    let outcome = crate::pipeline::run(
+        pool,
+        scan,
+        &mut classes,
+        &candidates,
+        order,
+        layout,
+        alloc,
+        &out,
+        opts,
+        progress,
+    )?;
+    let per_node = outcome.per_node;
+    let nocompress = outcome.nocompress;
+    let mut csums = outcome.csums;
 
     // Trim the data chunks to what was used.
-    let used_end = alloc.cursor;
+    let used_end = outcome.used_end;
     let mut kept = Vec::new();
     for (k, ch) in chunks.iter().enumerate() {
         let mut ch = ch.clone();
@@ -852,10 +574,10 @@ pub fn write_all(
     let mut incompat = 0;
     let mut bytes_in = 0;
     let mut bytes_on_disk = 0;
-    for (si, sv) in classes.iter().enumerate() {
+    for (si, sv) in classes.into_iter().enumerate() {
         let mut f = Vec::with_capacity(sv.len());
         let mut fl = Vec::with_capacity(sv.len());
-        for (ni, c) in sv.iter().enumerate() {
+        for (ni, c) in sv.into_iter().enumerate() {
             let node = &scan.subvols[si].nodes[ni];
             let mut flags = 0;
             let data = match c {
@@ -867,18 +589,19 @@ pub fn write_all(
                 } => {
                     bytes_in += ram;
                     bytes_on_disk += data.len() as u64;
-                    if *compression != BTRFS_COMPRESS_NONE {
+                    if compression != BTRFS_COMPRESS_NONE {
                         flags |= BTRFS_INODE_COMPRESS;
                     }
+                    // Moved, not copied: small files add up.
                     FileData::Inline {
-                        data: data.clone(),
-                        ram: *ram,
-                        compression: *compression,
+                        data,
+                        ram,
+                        compression,
                     }
                 }
                 Class::Raw { .. } | Class::Compress { .. } | Class::Dup { .. } => {
                     let (osi, oni) = match c {
-                        Class::Dup { owner } => *owner,
+                        Class::Dup { owner } => owner,
                         _ => (si, ni),
                     };
                     if nocompress[osi][oni] {

@@ -12,6 +12,7 @@ pub mod fstree;
 pub mod layout;
 pub mod mkfs;
 pub mod output;
+mod pipeline;
 pub mod rootdir;
 pub mod scan;
 pub mod summary;

@@ -16,8 +16,6 @@ pub struct Output {
     /// Bytes of the filesystem (not necessarily of the file or device).
     pub size: u64,
     pub is_block_device: bool,
-    /// The data area mapped for parallel copies (set once its space is reserved).
-    map: Option<memmap2::MmapRaw>,
 }
 
 /// Signatures of filesystems and partition tables we refuse to overwrite without -f.
@@ -125,7 +123,6 @@ impl Output {
             path: path.into(),
             size,
             is_block_device,
-            map: None,
         };
         if is_block_device {
             out.wipe(current)?;
@@ -146,57 +143,6 @@ impl Output {
         self.sync()
     }
 
-    /// Map `[0, len)` of the file for writing. Only call this once `len` bytes
-    /// are reserved on disk (fallocate): a page that cannot be backed would
-    /// otherwise raise SIGBUS instead of an error.
-    pub fn map_reserved(&mut self, len: u64) -> Result<()> {
-        let m = memmap2::MmapOptions::new()
-            .len(len as usize)
-            .map_raw(&self.file)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.map = Some(m);
-        Ok(())
-    }
-
-    /// The mapped bytes at `[offset, offset+len)`, when mapped.
-    ///
-    /// Callers write disjoint ranges from several threads: every range comes
-    /// from the allocator, which hands each byte of the image out once.
-    #[allow(clippy::mut_from_ref)]
-    pub fn mapped(&self, offset: u64, len: usize) -> Option<&mut [u8]> {
-        let m = self.map.as_ref()?;
-        let end = offset.checked_add(len as u64)?;
-        if end > m.len() as u64 {
-            return None;
-        }
-        // SAFETY: the range is inside the mapping, which lives as long as
-        // `self`; ranges handed out are disjoint (see above), so no two
-        // mutable slices alias, and nothing reads them while they are written.
-        Some(unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().add(offset as usize), len) })
-    }
-
-    /// Drop written pages of `[offset, offset+len)` from our page tables: the
-    /// data stays in the page cache (dirty pages of a shared mapping are kept),
-    /// but it no longer counts as this process's memory.
-    pub fn release(&self, offset: u64, len: u64) {
-        let Some(m) = &self.map else { return };
-        let start = offset / 4096 * 4096;
-        let end = (offset + len).min(m.len() as u64);
-        if end <= start {
-            return;
-        }
-        // SAFETY: DONTNEED on a shared file mapping only unmaps pages; their
-        // contents (dirty included) stay in the page cache. No slice of the
-        // range is in use: callers release what they finished writing.
-        let _ = unsafe {
-            m.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
-            )
-        };
-    }
-
     /// Start writing `[offset, offset+len)` back to disk now, so the final
     /// flush has less left to do.
     pub fn start_writeback(&self, offset: u64, len: u64) {
@@ -213,12 +159,10 @@ impl Output {
         }
     }
 
+    /// Positional write. Plain writes, not a shared mapping: faulting fresh
+    /// pages of a mapping in (zeroed first), and unmapping them again to keep
+    /// RSS flat, measured slower than copying through write(2).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if let Some(dst) = self.mapped(offset, buf.len()) {
-            dst.copy_from_slice(buf);
-            self.release(offset, buf.len() as u64);
-            return Ok(());
-        }
         self.file.write_all_at(buf, offset).map_err(|e| {
             Error::io(
                 &self.path,
@@ -246,9 +190,6 @@ impl Output {
     }
 
     pub fn sync(&self) -> Result<()> {
-        if let Some(m) = &self.map {
-            m.flush().map_err(|e| Error::io(&self.path, e))?;
-        }
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 

@@ -78,7 +78,7 @@ pub fn make_rootdir_filesystem(
         .num_threads(opts.threads)
         .build()
         .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
-    pool.install(|| build(path, cfg, opts))
+    build(path, cfg, opts, &pool)
 }
 
 /// Reserve disk space for the image up front, so that a full disk is a clear
@@ -114,9 +114,14 @@ impl Timing {
     }
 }
 
-fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsReport> {
+fn build(
+    path: &Path,
+    cfg: &MkfsConfig,
+    opts: &RootdirOptions,
+    pool: &rayon::ThreadPool,
+) -> Result<MkfsReport> {
     let mut timing = Timing::new();
-    let tree = scan(&opts.rootdir, &opts.scan)?;
+    let tree = pool.install(|| scan(&opts.rootdir, &opts.scan))?;
     timing.mark("scan");
     let m = cfg.metadata_profile;
     let mut layout = Layout {
@@ -153,16 +158,14 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
                 )));
             }
         }
-        let mut out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
+        let out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
         if reserve(&out, est_end)? {
             reserved = est_end;
-            // Reserved space can be written through a mapping: no SIGBUS.
-            let data_end = l.physical_end().min(out.size);
-            out.map_reserved(data_end)?;
         }
         Ok(out)
     };
-    let (mut out, plan) = data::write_all(&tree, &mut layout, &mut open, &dopts, &opts.progress)?;
+    let (mut out, plan) =
+        data::write_all(pool, &tree, &mut layout, &mut open, &dopts, &opts.progress)?;
     timing.mark("data");
 
     // Items of every tree.
@@ -238,6 +241,16 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
         data_allocated: plan.allocated.clone(),
         extra_incompat,
     };
+    // Only the items are needed from here on: free the scan and the plan
+    // before the metadata is built (peak memory).
+    let stats = crate::mkfs::DataStats {
+        files: tree.node_count() as u64,
+        bytes_in: plan.bytes_in,
+        bytes_on_disk: plan.bytes_on_disk,
+    };
+    drop(csum_src);
+    drop(plan);
+    drop(tree);
     timing.mark("items");
     // Size the metadata chunk: a dry run in a roomy chunk, then the real one.
     let meta_flags = BTRFS_BLOCK_GROUP_METADATA | m.flag();
@@ -292,11 +305,7 @@ fn build(path: &Path, cfg: &MkfsConfig, opts: &RootdirOptions) -> Result<MkfsRep
     Ok(MkfsReport {
         layout,
         commit: report,
-        data: Some(crate::mkfs::DataStats {
-            files: tree.node_count() as u64,
-            bytes_in: plan.bytes_in,
-            bytes_on_disk: plan.bytes_on_disk,
-        }),
+        data: Some(stats),
     })
 }
 

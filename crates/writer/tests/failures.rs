@@ -56,7 +56,18 @@ fn files_changing_during_the_import() {
                 o.compression = btrfs_writer::compress::Compression::parse("zstd", true).unwrap();
             }
             let mut open = |_: &Layout, _: u64| Output::create(&img, Some(64 << 20), false);
-            let r = data::write_all(&tree, &mut layout, &mut open, &o, &Progress::default());
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let r = data::write_all(
+                &pool,
+                &tree,
+                &mut layout,
+                &mut open,
+                &o,
+                &Progress::default(),
+            );
             let err = match r {
                 Ok(_) => panic!("{what} (compressed {compressed}): no error"),
                 Err(e) => e.to_string(),

@@ -1,0 +1,913 @@
+//! The streaming data pipeline: delayed ordered extents are read and
+//! compressed by the workers, allocated strictly in file order by one
+//! coordinator through a bounded reorder window, then written and checksummed
+//! by the workers in batches.
+//!
+//! No barrier stops the workers between these steps: the coordinator keeps the
+//! pool fed with compression tasks ahead of the allocation point (within the
+//! memory budget) and hands out write tasks as soon as ranges have addresses.
+//! Allocation only ever depends on file contents and options, never on which
+//! task finished first, so the image is byte-identical whatever the thread
+//! count.
+//!
+//! The kernel's compression rule is followed by probing: of a file with
+//! several ranges only the first is compressed at first; if it does not
+//! compress the file is marked NOCOMPRESS and streamed raw, so incompressible
+//! files cost one read, not a wasted compression of every range.
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use btrfs_format::*;
+
+use crate::compress::{compress, worth_it};
+use crate::data::{
+    check_size, io_err, read_exact_at, read_range, same_content, sector_sums, Class, DataAlloc,
+    DataOptions, FileExtent, Progress,
+};
+use crate::layout::Layout;
+use crate::output::Output;
+use crate::scan::{Node, Scan};
+use crate::{Error, Result};
+
+/// Bytes of one write task's staging buffer (and of one streamed I/O piece).
+const STAGE: u64 = 1 << 20;
+/// Most files between the allocation point and the newest admitted file.
+const WINDOW_FILES: usize = 8192;
+/// Candidates for deduplication of at most this many ranges are hashed from
+/// their compression tasks; larger ones (and raw ones) by a reading task.
+const HASH_FROM_RANGES: usize = 8;
+
+/// What the pipeline hands back to `write_all`.
+pub struct Outcome {
+    /// Extents per subvolume, per node (owners only; duplicates are empty).
+    pub per_node: Vec<Vec<Vec<FileExtent>>>,
+    /// (logical address, per-sector checksums) of everything written.
+    pub csums: Vec<(u64, Vec<u8>)>,
+    /// Files stored uncompressed because their first range did not compress.
+    pub nocompress: Vec<Vec<bool>>,
+    /// Where the allocator stopped.
+    pub used_end: u64,
+}
+
+/// A delayed ordered extent once read (and compressed when that pays).
+struct RangeOut {
+    /// The bytes that go to disk: compressed and sector padded, or raw.
+    data: Vec<u8>,
+    compressed: bool,
+    /// xxh3-128 of the raw range, for `--dedupe`.
+    hash: u128,
+}
+
+enum Msg {
+    Range {
+        slot: usize,
+        k: usize,
+        charged: u64,
+        out: Result<RangeOut>,
+    },
+    Hash {
+        slot: usize,
+        out: Result<u128>,
+    },
+    Confirm {
+        slot: usize,
+        same: Result<bool>,
+    },
+    Written {
+        charged: u64,
+        out: Result<Vec<(u64, Vec<u8>)>>,
+    },
+}
+
+/// Bytes to put at a logical address: a buffer, or file data streamed in.
+enum PieceData {
+    Buffer(Vec<u8>),
+    Stream {
+        subvol: usize,
+        node: usize,
+        file_offset: u64,
+    },
+}
+
+struct Piece {
+    logical: u64,
+    len: u64,
+    data: PieceData,
+}
+
+/// Pieces contiguous on every stripe, written by one task.
+#[derive(Default)]
+struct Batch {
+    pieces: Vec<Piece>,
+    phys: Vec<u64>,
+    len: u64,
+    charged: u64,
+}
+
+/// A file between admission and allocation.
+struct FileState {
+    si: usize,
+    ni: usize,
+    /// Delayed ordered extents (offset, length); empty for raw files.
+    ranges: Vec<(u64, u64)>,
+    outs: Vec<Option<RangeOut>>,
+    /// Ranges handed to compression tasks so far (they are spawned in order).
+    spawned: usize,
+    /// Ranges given disk addresses so far.
+    allocated: usize,
+    /// Waiting for the first range to decide whether the file compresses.
+    probing: bool,
+    /// Stored uncompressed and streamed from the file.
+    raw: bool,
+    nocompress: bool,
+    candidate: bool,
+    hashing: bool,
+    hash: Option<u128>,
+    dedupe_done: bool,
+    confirming: Option<(usize, usize)>,
+}
+
+thread_local! {
+    static STAGING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Delayed ordered extents of data runs: ≤128 KiB pieces, never across a run.
+fn cut_ranges(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in runs {
+        let mut off = s;
+        while off < e {
+            let len = (e - off).min(BTRFS_MAX_COMPRESSED);
+            out.push((off, len));
+            off += len;
+        }
+    }
+    out
+}
+
+/// The dedupe hash of a file: xxh3-128 over the hashes of its ranges.
+fn combine(hashes: impl Iterator<Item = u128>) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for x in hashes {
+        h.update(&x.to_le_bytes());
+    }
+    h.digest128()
+}
+
+/// Hash a file's ranges by reading it (the same bytes its ranges hold).
+fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
+    let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let mut buf = vec![0u8; BTRFS_MAX_COMPRESSED as usize];
+    let mut hashes = Vec::new();
+    for (off, len) in cut_ranges(runs) {
+        let len = len as usize;
+        let want = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
+        read_exact_at(&f, &node.path, &mut buf[..want], off, node.stat.size)?;
+        buf[want..len].fill(0);
+        hashes.push(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+    }
+    check_size(&f, node)?;
+    Ok(combine(hashes.into_iter()))
+}
+
+/// Read and (when it pays) compress one delayed ordered extent.
+fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result<RangeOut> {
+    let ss = opts.sectorsize as usize;
+    let raw = read_range(node, off, len)?;
+    let hash = if opts.dedupe {
+        xxhash_rust::xxh3::xxh3_128(&raw)
+    } else {
+        0
+    };
+    if let Some(c) = &opts.compression {
+        let mut z = compress(c, &raw, ss)?;
+        if worth_it(z.len(), raw.len(), ss) {
+            z.resize(z.len().div_ceil(ss) * ss, 0);
+            return Ok(RangeOut {
+                data: z,
+                compressed: true,
+                hash,
+            });
+        }
+    }
+    Ok(RangeOut {
+        data: raw,
+        compressed: false,
+        hash,
+    })
+}
+
+/// Write one batch through a staging buffer (one positional write per MiB)
+/// and return the checksums of each piece.
+fn write_batch(
+    batch: &Batch,
+    scan: &Scan,
+    out: &Output,
+    opts: &DataOptions,
+    progress: &Progress,
+) -> Result<Vec<(u64, Vec<u8>)>> {
+    STAGING.with(|st| {
+        let mut st = st.borrow_mut();
+        if st.len() < STAGE as usize {
+            st.resize(STAGE as usize, 0);
+        }
+        let mut fill = 0usize;
+        let mut flushed = 0u64;
+        let flush = |st: &[u8], flushed: &mut u64| -> Result<()> {
+            for &p in &batch.phys {
+                out.write_at(st, p + *flushed)?;
+                // Let the disk start now: the flush before the superblock
+                // then has little left to wait for.
+                out.start_writeback(p + *flushed, st.len() as u64);
+            }
+            *flushed += st.len() as u64;
+            Ok(())
+        };
+        let mut result = Vec::with_capacity(batch.pieces.len());
+        for piece in &batch.pieces {
+            let mut sums =
+                Vec::with_capacity((piece.len / opts.sectorsize) as usize * opts.csum.size());
+            match &piece.data {
+                PieceData::Buffer(buf) => {
+                    if fill + buf.len() > st.len() {
+                        flush(&st[..fill], &mut flushed)?;
+                        fill = 0;
+                    }
+                    st[fill..fill + buf.len()].copy_from_slice(buf);
+                    sector_sums(buf, opts, &mut sums);
+                    fill += buf.len();
+                    progress
+                        .bytes_out
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                PieceData::Stream {
+                    subvol,
+                    node,
+                    file_offset,
+                } => {
+                    let node = &scan.subvols[*subvol].nodes[*node];
+                    let f =
+                        File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+                    let mut done = 0u64;
+                    while done < piece.len {
+                        if fill == st.len() {
+                            flush(&st[..fill], &mut flushed)?;
+                            fill = 0;
+                        }
+                        let n = (piece.len - done).min((st.len() - fill) as u64) as usize;
+                        let at = file_offset + done;
+                        let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
+                        let dst = &mut st[fill..fill + n];
+                        read_exact_at(&f, &node.path, &mut dst[..want], at, node.stat.size)?;
+                        dst[want..].fill(0);
+                        sector_sums(dst, opts, &mut sums);
+                        progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
+                        progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        fill += n;
+                        done += n as u64;
+                    }
+                    check_size(&f, node)?;
+                }
+            }
+            result.push((piece.logical, sums));
+        }
+        if fill > 0 {
+            flush(&st[..fill], &mut flushed)?;
+        }
+        Ok(result)
+    })
+}
+
+/// What identifies content for `--dedupe`: size, data runs and hash.
+type ContentKey = (u64, Vec<(u64, u64)>, u128);
+
+/// The coordinator's state.
+struct Coordinator<'a> {
+    scan: &'a Scan,
+    classes: &'a mut [Vec<Class>],
+    candidates: &'a [Vec<bool>],
+    opts: &'a DataOptions,
+    layout: &'a Layout,
+    progress: &'a Progress,
+    alloc: DataAlloc<'a>,
+    order: Vec<(usize, usize)>,
+    /// Next file of `order` to admit.
+    next: usize,
+    /// Files admitted and not yet allocated; the front is `order[base]`.
+    window: VecDeque<FileState>,
+    base: usize,
+    /// Window slots whose remaining ranges may be spawned, earliest first.
+    spawnable: BTreeSet<usize>,
+    budget: u64,
+    charged: u64,
+    in_flight: usize,
+    threads: usize,
+    batch: Batch,
+    owners: HashMap<ContentKey, (usize, usize)>,
+    out: Outcome,
+    failed: Option<Error>,
+}
+
+impl<'a> Coordinator<'a> {
+    fn node(&self, si: usize, ni: usize) -> &'a Node {
+        &self.scan.subvols[si].nodes[ni]
+    }
+
+    fn runs(&self, si: usize, ni: usize) -> &[(u64, u64)] {
+        match &self.classes[si][ni] {
+            Class::Raw { runs } | Class::Compress { runs } => runs,
+            _ => &[],
+        }
+    }
+
+    fn state(&mut self, slot: usize) -> Option<&mut FileState> {
+        slot.checked_sub(self.base)
+            .and_then(|i| self.window.get_mut(i))
+    }
+}
+
+/// Run the pipeline over every file with data extents, in `order`.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    pool: &rayon::ThreadPool,
+    scan: &Scan,
+    classes: &mut [Vec<Class>],
+    candidates: &[Vec<bool>],
+    order: Vec<(usize, usize)>,
+    layout: &Layout,
+    alloc: DataAlloc<'_>,
+    out: &Output,
+    opts: &DataOptions,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let cancel = AtomicBool::new(false);
+    let mut co = Coordinator {
+        scan,
+        classes,
+        candidates,
+        opts,
+        layout,
+        progress,
+        alloc,
+        order,
+        next: 0,
+        window: VecDeque::new(),
+        base: 0,
+        spawnable: BTreeSet::new(),
+        budget: (opts.memory / 2).max(2 * BTRFS_MAX_COMPRESSED),
+        charged: 0,
+        in_flight: 0,
+        threads: pool.current_num_threads().max(1),
+        batch: Batch::default(),
+        owners: HashMap::new(),
+        out: Outcome {
+            per_node: scan
+                .subvols
+                .iter()
+                .map(|s| vec![Vec::new(); s.nodes.len()])
+                .collect(),
+            csums: Vec::new(),
+            nocompress: scan
+                .subvols
+                .iter()
+                .map(|s| vec![false; s.nodes.len()])
+                .collect(),
+            used_end: 0,
+        },
+        failed: None,
+    };
+    pool.in_place_scope_fifo(|s| {
+        let sp = Spawner {
+            s,
+            tx: tx.clone(),
+            cancel: &cancel,
+            scan,
+            opts,
+            out,
+            progress,
+        };
+        loop {
+            if co.failed.is_none() {
+                if let Err(e) = step(&mut co, &sp) {
+                    co.failed = Some(e);
+                }
+            }
+            if co.failed.is_some() {
+                cancel.store(true, Ordering::Relaxed);
+                if co.in_flight == 0 {
+                    break;
+                }
+            } else if co.in_flight == 0 {
+                if co.window.is_empty() && co.next == co.order.len() && co.batch.pieces.is_empty() {
+                    break;
+                }
+                co.failed = Some(Error::Internal(
+                    "data pipeline stalled with no task in flight".into(),
+                ));
+                continue;
+            }
+            let Ok(msg) = rx.recv() else { break };
+            handle(&mut co, msg, &sp);
+            while let Ok(msg) = rx.try_recv() {
+                handle(&mut co, msg, &sp);
+            }
+        }
+    });
+    if let Some(e) = co.failed {
+        return Err(e);
+    }
+    let mut outcome = co.out;
+    outcome.used_end = co.alloc.cursor;
+    Ok(outcome)
+}
+
+/// Hands tasks to the pool; each task sends exactly one message back.
+struct Spawner<'s, 'scope> {
+    s: &'s rayon::ScopeFifo<'scope>,
+    tx: mpsc::Sender<Msg>,
+    cancel: &'scope AtomicBool,
+    scan: &'scope Scan,
+    opts: &'scope DataOptions,
+    out: &'scope Output,
+    progress: &'scope Progress,
+}
+
+impl<'scope> Spawner<'_, 'scope> {
+    fn task(
+        &self,
+        work: impl FnOnce() -> Msg + Send + 'scope,
+        cancelled: impl FnOnce() -> Msg + Send + 'scope,
+    ) {
+        let tx = self.tx.clone();
+        let cancel = self.cancel;
+        self.s.spawn_fifo(move |_| {
+            let msg = if cancel.load(Ordering::Relaxed) {
+                cancelled()
+            } else {
+                work()
+            };
+            let _ = tx.send(msg);
+        });
+    }
+
+    fn range(&self, co: &mut Coordinator, slot: usize, k: usize) {
+        let f = &co.window[slot - co.base];
+        let (off, len) = f.ranges[k];
+        let node = &self.scan.subvols[f.si].nodes[f.ni];
+        let opts = self.opts;
+        co.charged += len;
+        co.in_flight += 1;
+        self.task(
+            move || Msg::Range {
+                slot,
+                k,
+                charged: len,
+                out: compress_range(node, off, len, opts),
+            },
+            move || Msg::Range {
+                slot,
+                k,
+                charged: len,
+                out: Err(cancelled()),
+            },
+        );
+    }
+
+    fn hash(&self, co: &mut Coordinator, slot: usize) {
+        let f = &co.window[slot - co.base];
+        let node = &self.scan.subvols[f.si].nodes[f.ni];
+        let runs = co.runs(f.si, f.ni).to_vec();
+        co.in_flight += 1;
+        self.task(
+            move || Msg::Hash {
+                slot,
+                out: hash_file(node, &runs),
+            },
+            move || Msg::Hash {
+                slot,
+                out: Err(cancelled()),
+            },
+        );
+    }
+
+    fn confirm(&self, co: &mut Coordinator, slot: usize, owner: (usize, usize)) {
+        let f = &co.window[slot - co.base];
+        let a = &self.scan.subvols[owner.0].nodes[owner.1].path;
+        let b = &self.scan.subvols[f.si].nodes[f.ni].path;
+        co.in_flight += 1;
+        self.task(
+            move || Msg::Confirm {
+                slot,
+                same: same_content(a, b),
+            },
+            move || Msg::Confirm {
+                slot,
+                same: Err(cancelled()),
+            },
+        );
+    }
+
+    /// Hand the current batch to a write task.
+    fn flush(&self, co: &mut Coordinator) {
+        if co.batch.pieces.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut co.batch);
+        let charged = batch.charged;
+        let (scan, opts, out, progress) = (self.scan, self.opts, self.out, self.progress);
+        co.in_flight += 1;
+        self.task(
+            move || Msg::Written {
+                charged,
+                out: write_batch(&batch, scan, out, opts, progress),
+            },
+            move || Msg::Written {
+                charged,
+                out: Err(cancelled()),
+            },
+        );
+    }
+}
+
+fn cancelled() -> Error {
+    Error::Internal("cancelled".into())
+}
+
+/// Spawn what the budget allows, allocate what is ready, hand out writes.
+fn step(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
+    loop {
+        spawn_decided(co, sp);
+        // Admit the next file only once everything before it is spawned.
+        if !co.spawnable.is_empty()
+            || co.next >= co.order.len()
+            || co.window.len() >= WINDOW_FILES
+            || co.charged >= co.budget
+        {
+            break;
+        }
+        admit(co, sp)?;
+    }
+    // 3. Allocate the files at the front, in order.
+    allocate_ready(co, sp)?;
+    // 4. Hand out the partial batch when the workers may run dry.
+    if co.in_flight <= 2 * co.threads
+        || (co.next == co.order.len() && co.window.is_empty())
+        || co.charged >= co.budget
+    {
+        sp.flush(co);
+    }
+    Ok(())
+}
+
+/// Spawn the remaining ranges of decided files, earliest file first. The file
+/// at the allocation point may go a little over budget: everything else in
+/// flight may be waiting for it.
+fn spawn_decided(co: &mut Coordinator, sp: &Spawner) {
+    while let Some(&slot) = co.spawnable.first() {
+        let is_head = slot == co.base;
+        loop {
+            let f = &co.window[slot - co.base];
+            if f.spawned == f.ranges.len() {
+                co.spawnable.remove(&slot);
+                break;
+            }
+            let len = f.ranges[f.spawned].1;
+            // A candidate hashed from its ranges needs all of them at once.
+            let head_room = is_head
+                && (f.spawned - f.allocated < 4 * co.threads
+                    || (!f.dedupe_done && f.ranges.len() <= HASH_FROM_RANGES));
+            if co.charged > 0 && co.charged + len > co.budget && !head_room {
+                return;
+            }
+            let k = f.spawned;
+            co.window[slot - co.base].spawned += 1;
+            sp.range(co, slot, k);
+        }
+    }
+}
+
+/// Admit the next file of `order` into the window and start its first tasks.
+fn admit(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
+    let slot = co.next;
+    co.next += 1;
+    let (si, ni) = co.order[slot];
+    let candidate = co.candidates[si][ni];
+    let (raw, ranges) = match &co.classes[si][ni] {
+        Class::Raw { .. } => (true, Vec::new()),
+        Class::Compress { runs } => (false, cut_ranges(runs)),
+        _ => return Err(Error::Internal("file without data in the pipeline".into())),
+    };
+    let force = co.opts.compression.is_some_and(|c| c.force);
+    let probing = !raw && !force && ranges.len() > 1;
+    let n = ranges.len();
+    co.window.push_back(FileState {
+        si,
+        ni,
+        ranges,
+        outs: (0..n).map(|_| None).collect(),
+        spawned: 0,
+        allocated: 0,
+        probing,
+        raw,
+        nocompress: false,
+        candidate,
+        hashing: false,
+        hash: None,
+        dedupe_done: !candidate,
+        confirming: None,
+    });
+    if candidate && (raw || n > HASH_FROM_RANGES) {
+        co.window[slot - co.base].hashing = true;
+        sp.hash(co, slot);
+    }
+    if probing {
+        co.window[slot - co.base].spawned = 1;
+        sp.range(co, slot, 0);
+    } else if !raw {
+        co.spawnable.insert(slot);
+    }
+    Ok(())
+}
+
+fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
+    loop {
+        let slot = co.base;
+        let Some(f) = co.window.front() else {
+            return Ok(());
+        };
+        if f.probing || f.hashing || f.confirming.is_some() {
+            return Ok(());
+        }
+        let (si, ni) = (f.si, f.ni);
+        // Deduplication: the first file in order with some content owns it.
+        if !f.dedupe_done {
+            let hash = match f.hash {
+                Some(h) => h,
+                None if !f.raw && f.outs.iter().all(|o| o.is_some()) => {
+                    combine(f.outs.iter().flatten().map(|o| o.hash))
+                }
+                None => return Ok(()),
+            };
+            let key = (self_size(co, si, ni), co.runs(si, ni).to_vec(), hash);
+            if let Some(&owner) = co.owners.get(&key) {
+                co.window[0].confirming = Some(owner);
+                sp.confirm(co, slot, owner);
+                return Ok(());
+            }
+            co.owners.insert(key, (si, ni));
+            co.window[0].dedupe_done = true;
+        }
+        if co.window[0].raw {
+            let runs = co.runs(si, ni).to_vec();
+            for (s, e) in runs {
+                let mut off = s;
+                while off < e {
+                    let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
+                    let (at, got) = co
+                        .alloc
+                        .alloc_upto(want)
+                        .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                    co.out.per_node[si][ni].push(FileExtent {
+                        subvol: si,
+                        node: ni,
+                        file_offset: off,
+                        num_bytes: got,
+                        disk_bytenr: at,
+                        disk_num_bytes: got,
+                        compression: BTRFS_COMPRESS_NONE,
+                    });
+                    // I/O in pieces of at most a staging buffer.
+                    let mut done = 0;
+                    while done < got {
+                        let n = (got - done).min(STAGE);
+                        let piece = Piece {
+                            logical: at + done,
+                            len: n,
+                            data: PieceData::Stream {
+                                subvol: si,
+                                node: ni,
+                                file_offset: off + done,
+                            },
+                        };
+                        add_piece(co, piece, 0, sp)?;
+                        done += n;
+                    }
+                    off += got;
+                }
+            }
+            if co.window[0].nocompress {
+                co.out.nocompress[si][ni] = true;
+            }
+            finish_file(co);
+            continue;
+        }
+        // Compressed (or compression-tried) ranges, as far as they are done.
+        let c = co.opts.compression;
+        loop {
+            let f = &mut co.window[0];
+            let k = f.allocated;
+            if k == f.ranges.len() {
+                break;
+            }
+            let Some(o) = f.outs[k].take() else { break };
+            f.allocated += 1;
+            let (off, len) = f.ranges[k];
+            let comp = match (o.compressed, &c) {
+                (true, Some(c)) => c.type_byte(),
+                _ => BTRFS_COMPRESS_NONE,
+            };
+            let size = o.data.len() as u64;
+            // Uncompressed ranges of one file that land next to each other
+            // on disk become one extent.
+            let mut merged = false;
+            if comp == BTRFS_COMPRESS_NONE {
+                let (at, got) = co.alloc.peek_upto(len);
+                if let Some(prev) = co.out.per_node[si][ni].last_mut() {
+                    if prev.compression == BTRFS_COMPRESS_NONE
+                        && prev.file_offset + prev.num_bytes == off
+                        && prev.disk_bytenr + prev.disk_num_bytes == at
+                        && got == len
+                        && prev.num_bytes + len <= BTRFS_MAX_EXTENT_SIZE
+                    {
+                        prev.num_bytes += len;
+                        prev.disk_num_bytes += len;
+                        merged = true;
+                    }
+                }
+            }
+            let at = co
+                .alloc
+                .alloc_exact(size)
+                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+            if !merged {
+                co.out.per_node[si][ni].push(FileExtent {
+                    subvol: si,
+                    node: ni,
+                    file_offset: off,
+                    num_bytes: len,
+                    disk_bytenr: at,
+                    disk_num_bytes: size,
+                    compression: comp,
+                });
+            }
+            let raw_len = len.min(self_size(co, si, ni).saturating_sub(off));
+            co.progress.bytes_in.fetch_add(raw_len, Ordering::Relaxed);
+            let piece = Piece {
+                logical: at,
+                len: size,
+                data: PieceData::Buffer(o.data),
+            };
+            add_piece(co, piece, len, sp)?;
+        }
+        let f = &co.window[0];
+        if f.allocated < f.ranges.len() {
+            return Ok(());
+        }
+        if f.nocompress {
+            co.out.nocompress[si][ni] = true;
+        }
+        finish_file(co);
+    }
+}
+
+fn self_size(co: &Coordinator, si: usize, ni: usize) -> u64 {
+    co.node(si, ni).stat.size
+}
+
+fn finish_file(co: &mut Coordinator) {
+    co.window.pop_front();
+    co.spawnable.remove(&co.base);
+    co.base += 1;
+}
+
+/// Put a piece into the current batch, handing the batch out first when the
+/// piece does not continue it on every stripe or would overfill it.
+fn add_piece(co: &mut Coordinator, piece: Piece, charge: u64, sp: &Spawner) -> Result<()> {
+    let phys = co
+        .layout
+        .physical(piece.logical)
+        .ok_or_else(|| Error::Internal(format!("data at {} outside chunks", piece.logical)))?;
+    let b = &co.batch;
+    let continues = !b.pieces.is_empty()
+        && b.phys.len() == phys.len()
+        && b.phys.iter().zip(&phys).all(|(s, p)| s + b.len == *p)
+        && b.len + piece.len <= STAGE;
+    if !continues {
+        sp.flush(co);
+        co.batch.phys = phys;
+    }
+    co.batch.len += piece.len;
+    co.batch.charged += charge;
+    co.batch.pieces.push(piece);
+    if co.batch.len >= STAGE {
+        sp.flush(co);
+    }
+    Ok(())
+}
+
+fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
+    co.in_flight -= 1;
+    match msg {
+        Msg::Written { charged, out } => {
+            co.charged -= charged;
+            match out {
+                Ok(sums) => co.out.csums.extend(sums),
+                Err(e) => fail(co, e),
+            }
+        }
+        Msg::Range {
+            slot,
+            k,
+            charged,
+            out,
+        } => {
+            let out = match out {
+                Ok(o) => o,
+                Err(e) => {
+                    co.charged -= charged;
+                    return fail(co, e);
+                }
+            };
+            let force = co.opts.compression.is_some_and(|c| c.force);
+            let Some(f) = co.state(slot) else {
+                co.charged -= charged;
+                return;
+            };
+            if f.raw {
+                // The file turned out not to compress: drop it.
+                co.charged -= charged;
+                return;
+            }
+            let compressed = out.compressed;
+            let single = f.ranges.len() == 1;
+            f.outs[k] = Some(out);
+            if single && !compressed && !force {
+                f.nocompress = true;
+            }
+            if f.probing && k == 0 {
+                f.probing = false;
+                if compressed {
+                    co.spawnable.insert(slot);
+                } else {
+                    // The kernel's rule: the first range decides.
+                    f.nocompress = true;
+                    f.raw = true;
+                    let freed = f.ranges[0].1;
+                    f.outs.clear();
+                    let hash_now = f.candidate && !f.hashing && f.hash.is_none();
+                    co.charged -= freed;
+                    if hash_now {
+                        if let Some(f) = co.state(slot) {
+                            f.hashing = true;
+                        }
+                        sp.hash(co, slot);
+                    }
+                }
+            }
+        }
+        Msg::Hash { slot, out } => match out {
+            Ok(h) => {
+                if let Some(f) = co.state(slot) {
+                    f.hashing = false;
+                    f.hash = Some(h);
+                }
+            }
+            Err(e) => fail(co, e),
+        },
+        Msg::Confirm { slot, same } => match same {
+            Ok(same) => {
+                let Some(f) = co.state(slot) else { return };
+                let owner = f.confirming.take();
+                f.dedupe_done = true;
+                if let (true, Some(owner)) = (same, owner) {
+                    let (si, ni) = (f.si, f.ni);
+                    // Its buffers are dropped; ranges still in flight are
+                    // dropped when they arrive (the file leaves the window).
+                    let freed: u64 = f
+                        .outs
+                        .iter()
+                        .zip(&f.ranges)
+                        .filter(|(o, _)| o.is_some())
+                        .map(|(_, r)| r.1)
+                        .sum();
+                    co.charged -= freed;
+                    co.classes[si][ni] = Class::Dup { owner };
+                    if slot == co.base {
+                        finish_file(co);
+                    }
+                }
+            }
+            Err(e) => fail(co, e),
+        },
+    }
+}
+
+fn fail(co: &mut Coordinator, e: Error) {
+    if co.failed.is_none() && !matches!(&e, Error::Internal(m) if m == "cancelled") {
+        co.failed = Some(e);
+    }
+}
