@@ -489,6 +489,17 @@ pub fn write_all(
     for (&(si, _), c) in flat.iter().zip(classified) {
         classes[si].push(c?);
     }
+    let t_phase = std::time::Instant::now();
+    let timing = std::env::var_os("FORGE_MKFS_TIMING").is_some();
+    let mark = |what: &str| {
+        if timing {
+            eprintln!(
+                "timing:   {what} at {:.3}s",
+                t_phase.elapsed().as_secs_f64()
+            );
+        }
+    };
+    mark("classified");
     // 2. Deduplication candidates (decided in the pipeline).
     let candidates = if opts.dedupe {
         dedupe_candidates(scan, &classes)
@@ -523,6 +534,7 @@ pub fn write_all(
         opts.chunk_max,
     );
     let out = out_for(layout, upper + slack)?;
+    mark("output opened");
     let alloc = DataAlloc::new(&chunks);
     // 3. The pipeline: files with data extents in (subvolume, inode) order.
     let order: Vec<(usize, usize)> = flat
@@ -546,6 +558,7 @@ pub fn write_all(
     let nocompress = outcome.nocompress;
     let mut csums = outcome.csums;
 
+    mark("pipeline done");
     // Trim the data chunks to what was used.
     let used_end = outcome.used_end;
     let mut kept = Vec::new();

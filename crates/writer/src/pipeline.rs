@@ -17,8 +17,8 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Mutex, TryLockError};
 
 use btrfs_format::*;
 
@@ -36,6 +36,9 @@ use crate::{Error, Result};
 const STAGE: u64 = 1 << 20;
 /// Most files between the allocation point and the newest admitted file.
 const WINDOW_FILES: usize = 8192;
+/// How often the calling thread looks in on the pipeline (a safety net; the
+/// workers coordinate themselves).
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
 /// Candidates for deduplication of at most this many ranges are hashed from
 /// their compression tasks; larger ones (and raw ones) by a reading task.
 const HASH_FROM_RANGES: usize = 8;
@@ -343,9 +346,7 @@ pub fn run(
     opts: &DataOptions,
     progress: &Progress,
 ) -> Result<Outcome> {
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let cancel = AtomicBool::new(false);
-    let mut co = Coordinator {
+    let co = Coordinator {
         scan,
         classes,
         candidates,
@@ -380,43 +381,35 @@ pub fn run(
         },
         failed: None,
     };
+    let sh = Shared {
+        co: Mutex::new(co),
+        inbox: Mutex::new(Vec::new()),
+        cancel: AtomicBool::new(false),
+        scan,
+        opts,
+        out,
+        progress,
+    };
     pool.in_place_scope_fifo(|s| {
-        let sp = Spawner {
-            s,
-            tx: tx.clone(),
-            cancel: &cancel,
-            scan,
-            opts,
-            out,
-            progress,
-        };
+        // The first tasks; from then on the workers coordinate (`deliver`).
+        // This thread only looks in now and then, as a safety net, and to
+        // see the end.
+        deliver(&sh, s, None);
         loop {
-            if co.failed.is_none() {
-                if let Err(e) = step(&mut co, &sp) {
-                    co.failed = Some(e);
-                }
-            }
-            if co.failed.is_some() {
-                cancel.store(true, Ordering::Relaxed);
-                if co.in_flight == 0 {
-                    break;
-                }
-            } else if co.in_flight == 0 {
-                if co.window.is_empty() && co.next == co.order.len() && co.batch.pieces.is_empty() {
-                    break;
-                }
-                co.failed = Some(Error::Internal(
-                    "data pipeline stalled with no task in flight".into(),
-                ));
-                continue;
-            }
-            let Ok(msg) = rx.recv() else { break };
-            handle(&mut co, msg, &sp);
-            while let Ok(msg) = rx.try_recv() {
-                handle(&mut co, msg, &sp);
+            std::thread::sleep(IDLE_CHECK);
+            deliver(&sh, s, None);
+            let co = lock(&sh.co);
+            if co.in_flight == 0 && lock(&sh.inbox).is_empty() {
+                break;
             }
         }
     });
+    let mut co = sh.co.into_inner().unwrap_or_else(|p| p.into_inner());
+    if co.failed.is_none() && !(co.window.is_empty() && co.next == co.order.len()) {
+        co.failed = Some(Error::Internal(
+            "data pipeline stalled with no task in flight".into(),
+        ));
+    }
     if let Some(e) = co.failed {
         return Err(e);
     }
@@ -425,40 +418,97 @@ pub fn run(
     Ok(outcome)
 }
 
-/// Hands tasks to the pool; each task sends exactly one message back.
-struct Spawner<'s, 'scope> {
-    s: &'s rayon::ScopeFifo<'scope>,
-    tx: mpsc::Sender<Msg>,
-    cancel: &'scope AtomicBool,
-    scan: &'scope Scan,
-    opts: &'scope DataOptions,
-    out: &'scope Output,
-    progress: &'scope Progress,
+/// What the coordinator and every task share.
+struct Shared<'a> {
+    co: Mutex<Coordinator<'a>>,
+    /// Results of finished tasks not yet seen by the coordinator.
+    inbox: Mutex<Vec<Msg>>,
+    cancel: AtomicBool,
+    scan: &'a Scan,
+    opts: &'a DataOptions,
+    out: &'a Output,
+    progress: &'a Progress,
 }
 
-impl<'scope> Spawner<'_, 'scope> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hand a finished task's result to the coordinator, and coordinate if no
+/// other thread is doing it right now. Whoever holds the coordinator drains
+/// the inbox before letting go, so no result waits for a wake-up: no thread
+/// sleeps on a channel, and the workers never context-switch to hand over.
+fn deliver<'scope, 'a: 'scope>(
+    sh: &'scope Shared<'a>,
+    s: &rayon::ScopeFifo<'scope>,
+    msg: Option<Msg>,
+) {
+    if let Some(m) = msg {
+        lock(&sh.inbox).push(m);
+    }
+    // Pairs with the fence after unlocking below: either we see the
+    // coordinator free, or its holder sees our message.
+    fence(Ordering::SeqCst);
+    loop {
+        let mut co = match sh.co.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let sp = Spawner { s, sh };
+        loop {
+            let msgs = std::mem::take(&mut *lock(&sh.inbox));
+            if msgs.is_empty() {
+                break;
+            }
+            for m in msgs {
+                handle(&mut co, m, &sp);
+            }
+        }
+        if co.failed.is_none() {
+            if let Err(e) = step(&mut co, &sp) {
+                co.failed = Some(e);
+            }
+        }
+        if co.failed.is_some() {
+            sh.cancel.store(true, Ordering::Relaxed);
+        }
+        drop(co);
+        fence(Ordering::SeqCst);
+        if lock(&sh.inbox).is_empty() {
+            return;
+        }
+    }
+}
+
+/// Hands tasks to the pool; each task delivers exactly one message.
+struct Spawner<'s, 'scope, 'a: 'scope> {
+    s: &'s rayon::ScopeFifo<'scope>,
+    sh: &'scope Shared<'a>,
+}
+
+impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
     fn task(
         &self,
         work: impl FnOnce() -> Msg + Send + 'scope,
         cancelled: impl FnOnce() -> Msg + Send + 'scope,
     ) {
-        let tx = self.tx.clone();
-        let cancel = self.cancel;
-        self.s.spawn_fifo(move |_| {
-            let msg = if cancel.load(Ordering::Relaxed) {
+        let sh = self.sh;
+        self.s.spawn_fifo(move |s| {
+            let msg = if sh.cancel.load(Ordering::Relaxed) {
                 cancelled()
             } else {
                 work()
             };
-            let _ = tx.send(msg);
+            deliver(sh, s, Some(msg));
         });
     }
 
     fn range(&self, co: &mut Coordinator, slot: usize, k: usize) {
         let f = &co.window[slot - co.base];
         let (off, len) = f.ranges[k];
-        let node = &self.scan.subvols[f.si].nodes[f.ni];
-        let opts = self.opts;
+        let node = &self.sh.scan.subvols[f.si].nodes[f.ni];
+        let opts = self.sh.opts;
         co.charged += len;
         co.in_flight += 1;
         self.task(
@@ -479,7 +529,7 @@ impl<'scope> Spawner<'_, 'scope> {
 
     fn hash(&self, co: &mut Coordinator, slot: usize) {
         let f = &co.window[slot - co.base];
-        let node = &self.scan.subvols[f.si].nodes[f.ni];
+        let node = &self.sh.scan.subvols[f.si].nodes[f.ni];
         let runs = co.runs(f.si, f.ni).to_vec();
         co.in_flight += 1;
         self.task(
@@ -496,8 +546,8 @@ impl<'scope> Spawner<'_, 'scope> {
 
     fn confirm(&self, co: &mut Coordinator, slot: usize, owner: (usize, usize)) {
         let f = &co.window[slot - co.base];
-        let a = &self.scan.subvols[owner.0].nodes[owner.1].path;
-        let b = &self.scan.subvols[f.si].nodes[f.ni].path;
+        let a = &self.sh.scan.subvols[owner.0].nodes[owner.1].path;
+        let b = &self.sh.scan.subvols[f.si].nodes[f.ni].path;
         co.in_flight += 1;
         self.task(
             move || Msg::Confirm {
@@ -518,7 +568,8 @@ impl<'scope> Spawner<'_, 'scope> {
         }
         let batch = std::mem::take(&mut co.batch);
         let charged = batch.charged;
-        let (scan, opts, out, progress) = (self.scan, self.opts, self.out, self.progress);
+        let sh = self.sh;
+        let (scan, opts, out, progress) = (sh.scan, sh.opts, sh.out, sh.progress);
         co.in_flight += 1;
         self.task(
             move || Msg::Written {
