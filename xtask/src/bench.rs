@@ -663,10 +663,28 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             one.0 / all.0
         ));
     }
+    // The comparisons, each against the reference measured in this run.
+    let pairs = [
+        ("forge-mkfs --shrink", "mkfs.btrfs --rootdir --shrink"),
+        ("forge-mkfs --shrink", "mkfs.btrfs (BTRFS_PROGS) --shrink"),
+        ("forge-mkfs zstd:3", "mkfs.btrfs (BTRFS_PROGS) zstd:3"),
+        ("forge-mkfs zstd:3 --dedupe", "mksquashfs zstd:3"),
+        ("forge-mkfs zstd:3", "mkfs.erofs (EROFS_UTILS) zstd:3"),
+        ("forge-mkfs --shrink", "mkfs.erofs"),
+    ];
+    let mut ratios = Vec::new();
+    table.push_str("\nspeed ratios (reference time / ours):\n");
+    for (ours, theirs) in pairs {
+        if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
+            table.push_str(&format!("  {ours} vs {theirs}: {:.2}x\n", b.0 / a.0));
+            ratios.push(serde_json::json!({"ours": ours, "reference": theirs, "ratio": b.0 / a.0}));
+        }
+    }
     println!("{table}");
     if let Some(j) = &o.json {
         let doc = serde_json::json!({
             "tree": src, "files": files, "bytes": bytes, "runs": o.runs, "results": json,
+            "ratios": ratios,
             "limits": lim.iter().map(|(n, r)| serde_json::json!({"what": n, "bytes_per_s": r})).collect::<Vec<_>>(),
         });
         std::fs::write(j, serde_json::to_string_pretty(&doc)?)?;

@@ -286,6 +286,60 @@ fn dedupe_shares_extents() {
     }
 }
 
+/// Copies that only fit once deduplicated: with -b too small for every copy,
+/// --dedupe still builds the image (the duplicates are found before sizing);
+/// without it the size error names what the tree needs.
+#[test]
+fn dedupe_fits_where_the_copies_would_not() {
+    if !oracle::require_btrfs_progs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut next = rng(7);
+    let blob: Vec<u8> = (0..(6 << 20) / 8)
+        .flat_map(|_| next().to_le_bytes())
+        .collect();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("copy{i:02}")), &blob).unwrap();
+    }
+    let img = dir.path().join("d.img");
+    for extra in [&[][..], &["--compress=zstd"][..]] {
+        let o = oracle::run(
+            mkfs()
+                .args(["-q", "-f", "-b", "64M"])
+                .args(extra)
+                .arg("--rootdir")
+                .arg(&src)
+                .arg(&img),
+        );
+        assert!(!o.status.success(), "72 MiB of copies fit in 64M?");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("-b gives"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        oracle::run_ok(
+            mkfs()
+                .args(["-q", "-f", "-b", "64M", "--dedupe"])
+                .args(extra)
+                .arg("--rootdir")
+                .arg(&src)
+                .arg(&img),
+        );
+        oracle::btrfs_check(&img, true);
+        assert!(used_bytes(&img) < 16 << 20, "{extra:?}");
+        if oracle::require_kernel() {
+            let m = Mount::new(&img, "ro");
+            for i in 0..12 {
+                assert!(std::fs::read(m.path().join(format!("copy{i:02}"))).unwrap() == blob);
+            }
+            m.unmount();
+        }
+    }
+}
+
 #[test]
 fn compressed_images_are_reproducible_across_threads() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,16 +2,14 @@
 //! disk with their checksums.
 //!
 //! 1. classify every file (parallel): nothing, inline (compressed when that is
-//!    smaller), raw extents, or compressed extents (the first range decides,
-//!    as in the kernel, unless compression is forced);
-//! 2. deduplicate identical files (`--dedupe`): the first file in sorted order
-//!    owns the extents, the others share them;
-//! 3. raw extents get their addresses up front (sizes are known) and are read,
-//!    checksummed and written in parallel;
-//! 4. compressible files are cut into ≤128 KiB delayed ordered extents, which
-//!    are compressed in parallel a bounded window at a time, then given disk
-//!    addresses strictly in (subvolume, inode, offset) order, then written and
-//!    checksummed in parallel.
+//!    smaller), raw extents, or compression candidates;
+//! 2. size the data chunks for the worst case (with `--dedupe`, when that
+//!    does not fit, duplicates are found first);
+//! 3. run the streaming pipeline (`pipeline.rs`): ranges compressed in
+//!    parallel ahead of the allocation point, addresses given strictly in
+//!    (subvolume, inode, offset) order, writes and checksums in parallel
+//!    batches, duplicates found and confirmed on the way;
+//! 4. trim the data chunks and flatten the extents per file.
 //!
 //! The order of allocation never depends on thread timing, so the image is
 //! byte-identical whatever the thread count.
@@ -286,13 +284,8 @@ impl<'a> DataAlloc<'a> {
 }
 
 /// Lay out data chunks after the current end of the device holding `bytes`.
-pub fn data_chunks(
-    layout: &mut Layout,
-    bytes: u64,
-    flags: u64,
-    stripes: usize,
-    chunk_max: u64,
-) -> Vec<ChunkSpec> {
+fn data_chunks(layout: &mut Layout, bytes: u64, opts: &DataOptions) -> Vec<ChunkSpec> {
+    let (flags, stripes, chunk_max) = (opts.data_flags, opts.data_stripes, opts.chunk_max);
     let mut out = Vec::new();
     let mut remaining = bytes;
     loop {
@@ -316,6 +309,87 @@ pub fn data_chunks(
             return out;
         }
     }
+}
+
+/// Bytes of data chunks enough for every file with data extents, if nothing
+/// compresses (compressed extents never split: room to skip short pieces).
+fn worst_case(classes: &[Vec<Class>], opts: &DataOptions) -> u64 {
+    let mut upper = 0u64;
+    let mut compressed_ranges = 0u64;
+    for c in classes.iter().flatten() {
+        match c {
+            Class::Raw { runs } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
+            Class::Compress { runs } => {
+                let b: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+                upper += b;
+                compressed_ranges += b.div_ceil(BTRFS_MAX_COMPRESSED);
+            }
+            _ => {}
+        }
+    }
+    let slack = if compressed_ranges > 0 {
+        4 * BTRFS_MAX_COMPRESSED * (upper / opts.chunk_max + 2)
+    } else {
+        0
+    };
+    upper + slack
+}
+
+/// Find duplicates before the pipeline (only when space is short): hash
+/// every candidate in parallel, confirm byte for byte, and mark all but the
+/// first file in order of each content as sharing its extents.
+fn dedupe_prepass(
+    pool: &rayon::ThreadPool,
+    scan: &Scan,
+    classes: &mut [Vec<Class>],
+    candidates: &mut [Vec<bool>],
+) -> Result<()> {
+    let list: Vec<(usize, usize)> = candidates
+        .iter()
+        .enumerate()
+        .flat_map(|(si, c)| {
+            c.iter()
+                .enumerate()
+                .filter(|x| *x.1)
+                .map(move |(ni, _)| (si, ni))
+        })
+        .collect();
+    let runs_of = |c: &Class| match c {
+        Class::Raw { runs } | Class::Compress { runs } => runs.clone(),
+        _ => Vec::new(),
+    };
+    let hashes: Vec<Result<u128>> = pool.install(|| {
+        list.par_iter()
+            .map(|&(si, ni)| {
+                crate::pipeline::hash_file(&scan.subvols[si].nodes[ni], &runs_of(&classes[si][ni]))
+            })
+            .collect()
+    });
+    // In file order: the first of each content owns it.
+    let mut owners: std::collections::HashMap<crate::pipeline::ContentKey, (usize, usize)> =
+        Default::default();
+    for (&(si, ni), h) in list.iter().zip(hashes) {
+        let key = (
+            scan.subvols[si].nodes[ni].stat.size,
+            runs_of(&classes[si][ni]),
+            h?,
+        );
+        match owners.get(&key) {
+            Some(&owner) => {
+                let a = &scan.subvols[owner.0].nodes[owner.1].path;
+                if same_content(a, &scan.subvols[si].nodes[ni].path)? {
+                    classes[si][ni] = Class::Dup { owner };
+                }
+            }
+            None => {
+                owners.insert(key, (si, ni));
+            }
+        }
+    }
+    for c in candidates.iter_mut() {
+        c.fill(false);
+    }
+    Ok(())
 }
 
 /// How a file was classified before its data is written.
@@ -501,39 +575,27 @@ pub fn write_all(
     };
     mark("classified");
     // 2. Deduplication candidates (decided in the pipeline).
-    let candidates = if opts.dedupe {
+    let mut candidates = if opts.dedupe {
         dedupe_candidates(scan, &classes)
     } else {
         classes.iter().map(|sv| vec![false; sv.len()]).collect()
     };
-    // Data chunks for the worst case (nothing compresses).
-    let mut upper = 0u64;
-    let mut compressed_ranges = 0u64;
-    for c in classes.iter().flatten() {
-        match c {
-            Class::Raw { runs } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
-            Class::Compress { runs } => {
-                let b: u64 = runs.iter().map(|r| r.1 - r.0).sum();
-                upper += b;
-                compressed_ranges += b.div_ceil(BTRFS_MAX_COMPRESSED);
-            }
-            _ => {}
+    // Data chunks for the worst case: nothing compresses, nothing is shared.
+    let before = layout.clone();
+    let mut chunks = data_chunks(layout, worst_case(&classes, opts), opts);
+    let out = match out_for(layout, worst_case(&classes, opts)) {
+        Ok(out) => out,
+        // That much space is not there (-b, or the disk): find the
+        // duplicates first, reading every candidate once more, and size
+        // for what is really stored.
+        Err(Error::NoSpace(_)) if opts.dedupe => {
+            dedupe_prepass(pool, scan, &mut classes, &mut candidates)?;
+            *layout = before;
+            chunks = data_chunks(layout, worst_case(&classes, opts), opts);
+            out_for(layout, worst_case(&classes, opts))?
         }
-    }
-    // Compressed extents never split: allow for skipping short pieces.
-    let slack = if compressed_ranges > 0 {
-        4 * BTRFS_MAX_COMPRESSED * (upper / opts.chunk_max + 2)
-    } else {
-        0
+        Err(e) => return Err(e),
     };
-    let chunks = data_chunks(
-        layout,
-        upper + slack,
-        opts.data_flags,
-        opts.data_stripes,
-        opts.chunk_max,
-    );
-    let out = out_for(layout, upper + slack)?;
     mark("output opened");
     let alloc = DataAlloc::new(&chunks);
     // 3. The pipeline: files with data extents in (subvolume, inode) order.

@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, TryLockError};
 
 use btrfs_format::*;
@@ -80,8 +80,13 @@ enum Msg {
         same: Result<bool>,
     },
     Written {
+        slot: usize,
         charged: u64,
         out: Result<Vec<(u64, Vec<u8>)>>,
+    },
+    /// A task not run: its file is past the first failure.
+    Skipped {
+        charged: u64,
     },
 }
 
@@ -104,6 +109,8 @@ struct Piece {
 /// Pieces contiguous on every stripe, written by one task.
 #[derive(Default)]
 struct Batch {
+    /// The window slot of its first piece's file.
+    slot: usize,
     pieces: Vec<Piece>,
     phys: Vec<u64>,
     len: u64,
@@ -161,7 +168,7 @@ fn combine(hashes: impl Iterator<Item = u128>) -> u128 {
 }
 
 /// Hash a file's ranges by reading it (the same bytes its ranges hold).
-fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
+pub(crate) fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
     let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut buf = vec![0u8; BTRFS_MAX_COMPRESSED as usize];
     let mut hashes = Vec::new();
@@ -285,7 +292,7 @@ fn write_batch(
 }
 
 /// What identifies content for `--dedupe`: size, data runs and hash.
-type ContentKey = (u64, Vec<(u64, u64)>, u128);
+pub(crate) type ContentKey = (u64, Vec<(u64, u64)>, u128);
 
 /// The coordinator's state.
 struct Coordinator<'a> {
@@ -311,10 +318,17 @@ struct Coordinator<'a> {
     batch: Batch,
     owners: HashMap<ContentKey, (usize, usize)>,
     out: Outcome,
-    failed: Option<Error>,
+    /// The first failure in file order: (slot, error). Files before it are
+    /// still finished, so the error reported never depends on timing.
+    failed: Option<(usize, Error)>,
 }
 
 impl<'a> Coordinator<'a> {
+    /// Files from this slot on are not processed (past the first failure).
+    fn limit(&self) -> usize {
+        self.failed.as_ref().map_or(usize::MAX, |(s, _)| *s)
+    }
+
     fn node(&self, si: usize, ni: usize) -> &'a Node {
         &self.scan.subvols[si].nodes[ni]
     }
@@ -346,6 +360,13 @@ pub fn run(
     opts: &DataOptions,
     progress: &Progress,
 ) -> Result<Outcome> {
+    // The calling thread waits outside the pool; on a worker of a one-thread
+    // pool nothing would ever run.
+    if pool.current_thread_index().is_some() {
+        return Err(Error::Internal(
+            "the data pipeline must be started from outside its thread pool".into(),
+        ));
+    }
     let co = Coordinator {
         scan,
         classes,
@@ -384,7 +405,8 @@ pub fn run(
     let sh = Shared {
         co: Mutex::new(co),
         inbox: Mutex::new(Vec::new()),
-        cancel: AtomicBool::new(false),
+        limit: AtomicUsize::new(usize::MAX),
+        panicked: AtomicBool::new(false),
         scan,
         opts,
         out,
@@ -397,6 +419,11 @@ pub fn run(
         deliver(&sh, s, None);
         loop {
             std::thread::sleep(IDLE_CHECK);
+            // After a panic the scope only waits for the remaining tasks,
+            // which all skip their work.
+            if sh.panicked.load(Ordering::SeqCst) {
+                break;
+            }
             deliver(&sh, s, None);
             let co = lock(&sh.co);
             if co.in_flight == 0 && lock(&sh.inbox).is_empty() {
@@ -404,14 +431,19 @@ pub fn run(
             }
         }
     });
-    let mut co = sh.co.into_inner().unwrap_or_else(|p| p.into_inner());
-    if co.failed.is_none() && !(co.window.is_empty() && co.next == co.order.len()) {
-        co.failed = Some(Error::Internal(
-            "data pipeline stalled with no task in flight".into(),
+    if sh.panicked.load(Ordering::SeqCst) {
+        return Err(Error::Internal(
+            "a data pipeline task panicked (a bug); no filesystem was written".into(),
         ));
     }
-    if let Some(e) = co.failed {
+    let co = sh.co.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, e)) = co.failed {
         return Err(e);
+    }
+    if !(co.window.is_empty() && co.next == co.order.len()) {
+        return Err(Error::Internal(
+            "data pipeline stalled with no task in flight".into(),
+        ));
     }
     let mut outcome = co.out;
     outcome.used_end = co.alloc.cursor;
@@ -423,7 +455,9 @@ struct Shared<'a> {
     co: Mutex<Coordinator<'a>>,
     /// Results of finished tasks not yet seen by the coordinator.
     inbox: Mutex<Vec<Msg>>,
-    cancel: AtomicBool,
+    /// Tasks of this slot and later are skipped (set at the first failure).
+    limit: AtomicUsize,
+    panicked: AtomicBool,
     scan: &'a Scan,
     opts: &'a DataOptions,
     out: &'a Output,
@@ -446,6 +480,9 @@ fn deliver<'scope, 'a: 'scope>(
     if let Some(m) = msg {
         lock(&sh.inbox).push(m);
     }
+    if sh.panicked.load(Ordering::SeqCst) {
+        return;
+    }
     // Pairs with the fence after unlocking below: either we see the
     // coordinator free, or its holder sees our message.
     fence(Ordering::SeqCst);
@@ -456,22 +493,26 @@ fn deliver<'scope, 'a: 'scope>(
             Err(TryLockError::WouldBlock) => return,
         };
         let sp = Spawner { s, sh };
-        loop {
-            let msgs = std::mem::take(&mut *lock(&sh.inbox));
-            if msgs.is_empty() {
-                break;
+        let coordinated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            loop {
+                let msgs = std::mem::take(&mut *lock(&sh.inbox));
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in msgs {
+                    handle(&mut co, m, &sp);
+                }
             }
-            for m in msgs {
-                handle(&mut co, m, &sp);
-            }
-        }
-        if co.failed.is_none() {
             if let Err(e) = step(&mut co, &sp) {
-                co.failed = Some(e);
+                let slot = co.base;
+                fail(&mut co, slot, e);
             }
-        }
-        if co.failed.is_some() {
-            sh.cancel.store(true, Ordering::Relaxed);
+            sh.limit.store(co.limit(), Ordering::SeqCst);
+        }));
+        if coordinated.is_err() {
+            sh.limit.store(0, Ordering::SeqCst);
+            sh.panicked.store(true, Ordering::SeqCst);
+            return;
         }
         drop(co);
         fence(Ordering::SeqCst);
@@ -488,17 +529,22 @@ struct Spawner<'s, 'scope, 'a: 'scope> {
 }
 
 impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
-    fn task(
-        &self,
-        work: impl FnOnce() -> Msg + Send + 'scope,
-        cancelled: impl FnOnce() -> Msg + Send + 'scope,
-    ) {
+    /// Run `work` for a file at `slot` holding `charged` bytes of budget;
+    /// skipped when the slot is past the first failure.
+    fn task(&self, slot: usize, charged: u64, work: impl FnOnce() -> Msg + Send + 'scope) {
         let sh = self.sh;
         self.s.spawn_fifo(move |s| {
-            let msg = if sh.cancel.load(Ordering::Relaxed) {
-                cancelled()
+            let msg = if slot >= sh.limit.load(Ordering::SeqCst) {
+                Msg::Skipped { charged }
             } else {
-                work()
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        sh.limit.store(0, Ordering::SeqCst);
+                        sh.panicked.store(true, Ordering::SeqCst);
+                        Msg::Skipped { charged }
+                    }
+                }
             };
             deliver(sh, s, Some(msg));
         });
@@ -511,20 +557,12 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
         let opts = self.sh.opts;
         co.charged += len;
         co.in_flight += 1;
-        self.task(
-            move || Msg::Range {
-                slot,
-                k,
-                charged: len,
-                out: compress_range(node, off, len, opts),
-            },
-            move || Msg::Range {
-                slot,
-                k,
-                charged: len,
-                out: Err(cancelled()),
-            },
-        );
+        self.task(slot, len, move || Msg::Range {
+            slot,
+            k,
+            charged: len,
+            out: compress_range(node, off, len, opts),
+        });
     }
 
     fn hash(&self, co: &mut Coordinator, slot: usize) {
@@ -532,16 +570,10 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
         let node = &self.sh.scan.subvols[f.si].nodes[f.ni];
         let runs = co.runs(f.si, f.ni).to_vec();
         co.in_flight += 1;
-        self.task(
-            move || Msg::Hash {
-                slot,
-                out: hash_file(node, &runs),
-            },
-            move || Msg::Hash {
-                slot,
-                out: Err(cancelled()),
-            },
-        );
+        self.task(slot, 0, move || Msg::Hash {
+            slot,
+            out: hash_file(node, &runs),
+        });
     }
 
     fn confirm(&self, co: &mut Coordinator, slot: usize, owner: (usize, usize)) {
@@ -549,16 +581,10 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
         let a = &self.sh.scan.subvols[owner.0].nodes[owner.1].path;
         let b = &self.sh.scan.subvols[f.si].nodes[f.ni].path;
         co.in_flight += 1;
-        self.task(
-            move || Msg::Confirm {
-                slot,
-                same: same_content(a, b),
-            },
-            move || Msg::Confirm {
-                slot,
-                same: Err(cancelled()),
-            },
-        );
+        self.task(slot, 0, move || Msg::Confirm {
+            slot,
+            same: same_content(a, b),
+        });
     }
 
     /// Hand the current batch to a write task.
@@ -567,25 +593,16 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
             return;
         }
         let batch = std::mem::take(&mut co.batch);
-        let charged = batch.charged;
+        let (slot, charged) = (batch.slot, batch.charged);
         let sh = self.sh;
         let (scan, opts, out, progress) = (sh.scan, sh.opts, sh.out, sh.progress);
         co.in_flight += 1;
-        self.task(
-            move || Msg::Written {
-                charged,
-                out: write_batch(&batch, scan, out, opts, progress),
-            },
-            move || Msg::Written {
-                charged,
-                out: Err(cancelled()),
-            },
-        );
+        self.task(slot, charged, move || Msg::Written {
+            slot,
+            charged,
+            out: write_batch(&batch, scan, out, opts, progress),
+        });
     }
-}
-
-fn cancelled() -> Error {
-    Error::Internal("cancelled".into())
 }
 
 /// Spawn what the budget allows, allocate what is ready, hand out writes.
@@ -594,7 +611,7 @@ fn step(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
         spawn_decided(co, sp);
         // Admit the next file only once everything before it is spawned.
         if !co.spawnable.is_empty()
-            || co.next >= co.order.len()
+            || co.next >= co.order.len().min(co.limit())
             || co.window.len() >= WINDOW_FILES
             || co.charged >= co.budget
         {
@@ -606,6 +623,7 @@ fn step(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
     allocate_ready(co, sp)?;
     // 4. Hand out the partial batch when the workers may run dry.
     if co.in_flight <= 2 * co.threads
+        || co.failed.is_some()
         || (co.next == co.order.len() && co.window.is_empty())
         || co.charged >= co.budget
     {
@@ -619,6 +637,9 @@ fn step(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
 /// flight may be waiting for it.
 fn spawn_decided(co: &mut Coordinator, sp: &Spawner) {
     while let Some(&slot) = co.spawnable.first() {
+        if slot >= co.limit() {
+            return;
+        }
         let is_head = slot == co.base;
         loop {
             let f = &co.window[slot - co.base];
@@ -690,6 +711,9 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
         let Some(f) = co.window.front() else {
             return Ok(());
         };
+        if slot >= co.limit() {
+            return Ok(());
+        }
         if f.probing || f.hashing || f.confirming.is_some() {
             return Ok(());
         }
@@ -850,6 +874,7 @@ fn add_piece(co: &mut Coordinator, piece: Piece, charge: u64, sp: &Spawner) -> R
     if !continues {
         sp.flush(co);
         co.batch.phys = phys;
+        co.batch.slot = co.base;
     }
     co.batch.len += piece.len;
     co.batch.charged += charge;
@@ -863,11 +888,12 @@ fn add_piece(co: &mut Coordinator, piece: Piece, charge: u64, sp: &Spawner) -> R
 fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
     co.in_flight -= 1;
     match msg {
-        Msg::Written { charged, out } => {
+        Msg::Skipped { charged } => co.charged -= charged,
+        Msg::Written { slot, charged, out } => {
             co.charged -= charged;
             match out {
                 Ok(sums) => co.out.csums.extend(sums),
-                Err(e) => fail(co, e),
+                Err(e) => fail(co, slot, e),
             }
         }
         Msg::Range {
@@ -880,7 +906,7 @@ fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
                 Ok(o) => o,
                 Err(e) => {
                     co.charged -= charged;
-                    return fail(co, e);
+                    return fail(co, slot, e);
                 }
             };
             let force = co.opts.compression.is_some_and(|c| c.force);
@@ -927,7 +953,7 @@ fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
                     f.hash = Some(h);
                 }
             }
-            Err(e) => fail(co, e),
+            Err(e) => fail(co, slot, e),
         },
         Msg::Confirm { slot, same } => match same {
             Ok(same) => {
@@ -952,13 +978,14 @@ fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
                     }
                 }
             }
-            Err(e) => fail(co, e),
+            Err(e) => fail(co, slot, e),
         },
     }
 }
 
-fn fail(co: &mut Coordinator, e: Error) {
-    if co.failed.is_none() && !matches!(&e, Error::Internal(m) if m == "cancelled") {
-        co.failed = Some(e);
+/// Record a failure of the file at `slot`; the earliest in file order wins.
+fn fail(co: &mut Coordinator, slot: usize, e: Error) {
+    if co.failed.as_ref().is_none_or(|(s, _)| slot < *s) {
+        co.failed = Some((slot, e));
     }
 }

@@ -178,10 +178,33 @@ fn build(
         no_holes: cfg.features.no_holes,
         extref: cfg.features.extref,
     };
+    // The subvolume trees, the csum tree and the data extent items are
+    // independent: build them in parallel.
+    let csum_src: Vec<(u64, &[u8])> = plan.csums.iter().map(|(a, s)| (*a, &s[..])).collect();
+    let (sv_items, (csum_items, data_extent_items)) = pool.install(|| {
+        use rayon::prelude::*;
+        rayon::join(
+            || {
+                (0..tree.subvols.len())
+                    .into_par_iter()
+                    .map(|si| subvol_items(&tree, si, &plan, &p))
+                    .collect::<Result<Vec<_>>>()
+            },
+            || {
+                rayon::join(
+                    || csum_items(&csum_src, cfg.csum, cfg.sectorsize as u64, cfg.nodesize),
+                    || data_extent_items(&tree, &plan, generation),
+                )
+            },
+        )
+    });
+    let mut sv_items = sv_items?.into_iter();
     let mut subvols = Vec::new();
     let mut root_tree_extra = TreeItems::new();
-    for (si, sv) in tree.subvols.iter().enumerate() {
-        let items = subvol_items(&tree, si, &plan, &p)?;
+    for sv in tree.subvols.iter() {
+        let items = sv_items
+            .next()
+            .ok_or_else(|| Error::Internal("subvolume items".into()))?;
         let uuid = derive_uuid(&ident.fsid, format!("subvolume {}", sv.id).as_bytes());
         let transid = if sv.id == BTRFS_FS_TREE_OBJECTID {
             0
@@ -215,8 +238,6 @@ fn build(
             root_item,
         });
     }
-    let csum_src: Vec<(u64, &[u8])> = plan.csums.iter().map(|(a, s)| (*a, &s[..])).collect();
-    let csum_items = csum_items(&csum_src, cfg.csum, cfg.sectorsize as u64, cfg.nodesize);
     let default_subvol = tree
         .default_subvol
         .map(|i| tree.subvols[i].id)
@@ -237,7 +258,7 @@ fn build(
         root_tree_extra,
         default_subvol,
         csum_items,
-        data_extent_items: data_extent_items(&tree, &plan, generation),
+        data_extent_items,
         data_allocated: plan.allocated.clone(),
         extra_incompat,
     };

@@ -81,6 +81,64 @@ fn files_changing_during_the_import() {
     }
 }
 
+/// With several bad files, the error names the first in file order, whatever
+/// the thread count, compression or timing (files before a failure are still
+/// finished; only later ones are skipped).
+#[test]
+fn the_first_bad_file_in_order_is_reported() {
+    for compressed in [false, true] {
+        for threads in [1, 2] {
+            for round in 0..3 {
+                let dir = tempfile::tempdir().unwrap();
+                let src = dir.path().join("src");
+                std::fs::create_dir(&src).unwrap();
+                // Many good files around two that shrink after the scan.
+                for i in 0..200 {
+                    std::fs::write(src.join(format!("f{i:03}")), vec![i as u8; 9000 + i * 700])
+                        .unwrap();
+                }
+                let tree = scan(&src, &ScanOptions::default()).unwrap();
+                for victim in ["f150", "f040"] {
+                    std::fs::File::options()
+                        .write(true)
+                        .open(src.join(victim))
+                        .unwrap()
+                        .set_len(100)
+                        .unwrap();
+                }
+                let img = dir.path().join("x.img");
+                let mut layout = Layout::default();
+                layout.push_chunk(btrfs_format::BTRFS_BLOCK_GROUP_SYSTEM, 4 << 20, 1);
+                let mut o = opts();
+                if compressed {
+                    o.compression =
+                        btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
+                }
+                let mut open = |_: &Layout, _: u64| Output::create(&img, Some(64 << 20), false);
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let err = match data::write_all(
+                    &pool,
+                    &tree,
+                    &mut layout,
+                    &mut open,
+                    &o,
+                    &Progress::default(),
+                ) {
+                    Ok(_) => panic!("no error"),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    err.contains("f040") && err.contains("shrank"),
+                    "compressed {compressed}, -j{threads}, round {round}: {err}"
+                );
+            }
+        }
+    }
+}
+
 /// A full disk is a clear error up front (space is reserved with fallocate),
 /// not a SIGBUS or a half-written image.
 #[test]
