@@ -22,6 +22,26 @@ fn opts() -> DataOptions {
     }
 }
 
+/// Write the data of `tree` into `img` (64 MiB) on a pool of `threads`; the
+/// error text when it fails.
+fn write_data(
+    tree: &btrfs_writer::scan::Scan,
+    img: &Path,
+    o: &DataOptions,
+    threads: usize,
+) -> Option<String> {
+    let mut layout = Layout::default();
+    layout.push_chunk(btrfs_format::BTRFS_BLOCK_GROUP_SYSTEM, 4 << 20, 1);
+    let mut open = |_: &Layout, _: u64| Output::create(img, Some(64 << 20), false);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    data::write_all(&pool, tree, &mut layout, &mut open, o, &Progress::default())
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// The file changes between the scan and the read: shrinks, grows, vanishes.
 #[test]
 fn files_changing_during_the_import() {
@@ -49,29 +69,12 @@ fn files_changing_during_the_import() {
                 _ => std::fs::remove_file(&victim).unwrap(),
             }
             let img = dir.path().join("x.img");
-            let mut layout = Layout::default();
-            layout.push_chunk(btrfs_format::BTRFS_BLOCK_GROUP_SYSTEM, 4 << 20, 1);
             let mut o = opts();
             if compressed {
                 o.compression = btrfs_writer::compress::Compression::parse("zstd", true).unwrap();
             }
-            let mut open = |_: &Layout, _: u64| Output::create(&img, Some(64 << 20), false);
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
-            let r = data::write_all(
-                &pool,
-                &tree,
-                &mut layout,
-                &mut open,
-                &o,
-                &Progress::default(),
-            );
-            let err = match r {
-                Ok(_) => panic!("{what} (compressed {compressed}): no error"),
-                Err(e) => e.to_string(),
-            };
+            let err = write_data(&tree, &img, &o, 2)
+                .unwrap_or_else(|| panic!("{what} (compressed {compressed}): no error"));
             assert!(
                 err.contains("victim") && err.contains(want),
                 "{what}: {err}"
@@ -107,29 +110,12 @@ fn the_first_bad_file_in_order_is_reported() {
                         .unwrap();
                 }
                 let img = dir.path().join("x.img");
-                let mut layout = Layout::default();
-                layout.push_chunk(btrfs_format::BTRFS_BLOCK_GROUP_SYSTEM, 4 << 20, 1);
                 let mut o = opts();
                 if compressed {
                     o.compression =
                         btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
                 }
-                let mut open = |_: &Layout, _: u64| Output::create(&img, Some(64 << 20), false);
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let err = match data::write_all(
-                    &pool,
-                    &tree,
-                    &mut layout,
-                    &mut open,
-                    &o,
-                    &Progress::default(),
-                ) {
-                    Ok(_) => panic!("no error"),
-                    Err(e) => e.to_string(),
-                };
+                let err = write_data(&tree, &img, &o, threads).expect("no error");
                 assert!(
                     err.contains("f040") && err.contains("shrank"),
                     "compressed {compressed}, -j{threads}, round {round}: {err}"
