@@ -727,7 +727,7 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
                 }
                 None => return Ok(()),
             };
-            let key = (self_size(co, si, ni), co.runs(si, ni).to_vec(), hash);
+            let key = (co.node(si, ni).stat.size, co.runs(si, ni).to_vec(), hash);
             if let Some(&owner) = co.owners.get(&key) {
                 co.window[0].confirming = Some(owner);
                 sp.confirm(co, slot, owner);
@@ -829,7 +829,7 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
                     compression: comp,
                 });
             }
-            let raw_len = len.min(self_size(co, si, ni).saturating_sub(off));
+            let raw_len = len.min(co.node(si, ni).stat.size.saturating_sub(off));
             co.progress.bytes_in.fetch_add(raw_len, Ordering::Relaxed);
             let piece = Piece {
                 logical: at,
@@ -847,10 +847,6 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
         }
         finish_file(co);
     }
-}
-
-fn self_size(co: &Coordinator, si: usize, ni: usize) -> u64 {
-    co.node(si, ni).stat.size
 }
 
 fn finish_file(co: &mut Coordinator) {
