@@ -317,8 +317,11 @@ fn warm_memory(bytes: usize) {
 /// Run one command, returning wall time and peak RSS (wait4 rusage).
 fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
     let _ = std::fs::remove_file(out);
-    // Same start for every tool: earlier outputs flushed, memory backed.
+    // Same start for every tool: earlier outputs flushed, the source tree in
+    // the page cache (a VM's proactive reclaim, e.g. DAMON pageout, evicts
+    // it while other tools run), memory backed.
     let _ = Command::new("sync").status();
+    read_all(src);
     warm_memory(3 << 30);
     if let Some(sz) = t.presize {
         std::fs::File::create(out)?.set_len(sz)?;

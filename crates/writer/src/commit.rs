@@ -5,6 +5,7 @@
 //! extent) depend on where all blocks land, the extent tree even on its own size:
 //! they are solved as a fixed point, iterating until their items stop changing.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use btrfs_format::items::{uuid_key, ChunkWithStripes, InlineRef};
 use btrfs_format::*;
@@ -30,7 +31,8 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct SubvolInput {
     pub id: u64,
-    pub items: TreeItems,
+    /// Shared, not copied, by the dry run and the commit.
+    pub items: Arc<TreeItems>,
     /// Root item template; commit fills bytenr, level, bytes_used and generations.
     pub root_item: RootItem,
 }
@@ -50,7 +52,7 @@ pub struct CommitInput {
     pub root_tree_extra: TreeItems,
     /// Subvolume the `default` entry of the root tree directory points at.
     pub default_subvol: u64,
-    pub csum_items: TreeItems,
+    pub csum_items: Arc<TreeItems>,
     /// EXTENT_ITEMs (and keyed backrefs) of data extents.
     pub data_extent_items: TreeItems,
     /// Sorted, disjoint logical ranges holding data extents.
@@ -78,7 +80,7 @@ const VAR_TREES: [u64; 4] = [
 /// A tree ready for allocation: its items and plan.
 struct Planned {
     id: u64,
-    items: TreeItems,
+    items: Arc<TreeItems>,
     plan: TreePlan,
 }
 
@@ -86,7 +88,24 @@ impl Planned {
     fn new(id: u64, mut items: TreeItems, nodesize: u32) -> Result<Self> {
         items.sort()?;
         let plan = TreePlan::new(items.sizes(), nodesize)?;
-        Ok(Planned { id, items, plan })
+        Ok(Planned {
+            id,
+            items: Arc::new(items),
+            plan,
+        })
+    }
+
+    /// Plan a tree whose items are shared; they are copied only to be sorted.
+    fn shared(id: u64, items: &Arc<TreeItems>, nodesize: u32) -> Result<Self> {
+        if !items.is_sorted() {
+            return Self::new(id, TreeItems::clone(items), nodesize);
+        }
+        let plan = TreePlan::new(items.sizes(), nodesize)?;
+        Ok(Planned {
+            id,
+            items: Arc::clone(items),
+            plan,
+        })
     }
 
     /// First key of every block, in build order (leaves, then nodes bottom-up).
@@ -226,7 +245,7 @@ fn fixed_trees(input: &CommitInput) -> Result<(Planned, Vec<Planned>)> {
 
     let mut trees = Vec::new();
     for sv in &input.subvols {
-        trees.push(Planned::new(sv.id, sv.items.clone(), ns)?);
+        trees.push(Planned::shared(sv.id, &sv.items, ns)?);
     }
     // Data relocation tree: an empty root directory.
     let mut reloc = TreeItems::new();
@@ -244,9 +263,9 @@ fn fixed_trees(input: &CommitInput) -> Result<(Planned, Vec<Planned>)> {
         o.extend_from_slice(b"..");
     });
     trees.push(Planned::new(BTRFS_DATA_RELOC_TREE_OBJECTID, reloc, ns)?);
-    trees.push(Planned::new(
+    trees.push(Planned::shared(
         BTRFS_CSUM_TREE_OBJECTID,
-        input.csum_items.clone(),
+        &input.csum_items,
         ns,
     )?);
     // UUID tree: subvolume uuid -> id.
@@ -576,7 +595,11 @@ struct Solved {
     pl: Placement,
 }
 
-fn solve(input: &CommitInput) -> Result<Solved> {
+/// The allocation-dependent trees of an earlier solve, to start the next one
+/// from: the commit after the dry run then converges in two rounds, not four.
+pub struct Seed(BTreeMap<u64, Planned>);
+
+fn solve(input: &CommitInput, seed: Option<Seed>) -> Result<Solved> {
     let ns = input.nodesize;
     let (chunk, fixed) = fixed_trees(input)?;
     let var_ids: Vec<u64> = VAR_TREES
@@ -588,10 +611,13 @@ fn solve(input: &CommitInput) -> Result<Solved> {
             _ => true,
         })
         .collect();
-    // Start from one leaf each and iterate to the fixed point.
-    let mut var: BTreeMap<u64, Planned> = BTreeMap::new();
+    // Start from the seed, or one leaf each, and iterate to the fixed point.
+    let mut var: BTreeMap<u64, Planned> = seed.map(|s| s.0).unwrap_or_default();
+    var.retain(|id, _| var_ids.contains(id));
     for &id in &var_ids {
-        var.insert(id, Planned::new(id, TreeItems::new(), ns)?);
+        if let std::collections::btree_map::Entry::Vacant(e) = var.entry(id) {
+            e.insert(Planned::new(id, TreeItems::new(), ns)?);
+        }
     }
     for _ in 0..32 {
         let mut order: Vec<(u64, usize)> =
@@ -623,19 +649,21 @@ fn solve(input: &CommitInput) -> Result<Solved> {
     ))
 }
 
-/// Bytes of the metadata chunk the trees need (its high-water mark).
-pub fn metadata_needed(input: &CommitInput) -> Result<u64> {
-    Ok(solve(input)?.pl.meta_alloc.high_water())
+/// Bytes of the metadata chunk the trees need (its high-water mark), and
+/// the solution as a seed for the commit.
+pub fn metadata_needed(input: &CommitInput) -> Result<(u64, Seed)> {
+    let s = solve(input, None)?;
+    Ok((s.pl.meta_alloc.high_water(), Seed(s.var)))
 }
 
 /// Plan, place and write all metadata, then the superblock copies.
-pub fn commit(out: &Output, input: &CommitInput) -> Result<CommitReport> {
+pub fn commit(out: &Output, input: &CommitInput, seed: Option<Seed>) -> Result<CommitReport> {
     let Solved {
         chunk,
         fixed,
         var,
         pl,
-    } = solve(input)?;
+    } = solve(input, seed)?;
     let t0 = std::time::Instant::now();
     let params = BlockParams {
         nodesize: input.nodesize,

@@ -118,7 +118,8 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
     if node.stat.allocated >= size {
         return Ok(vec![(0, end)]);
     }
-    let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let f =
+        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0;
     while pos < size {
@@ -201,7 +202,8 @@ pub(crate) fn check_size(f: &File, node: &Node) -> Result<()> {
 
 /// File bytes of `[offset, offset+len)`, zero-padded past EOF.
 pub(crate) fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
-    let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let f =
+        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut buf = vec![0u8; len as usize];
     let want = len.min(node.stat.size.saturating_sub(offset)) as usize;
     read_exact_at(&f, &node.path, &mut buf[..want], offset, node.stat.size)?;
@@ -483,8 +485,8 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
 
 pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     use std::io::Read;
-    let mut fa = File::open(a).map_err(|e| io_err(a, "cannot open", e))?;
-    let mut fb = File::open(b).map_err(|e| io_err(b, "cannot open", e))?;
+    let mut fa = crate::scan::open_source(a).map_err(|e| io_err(a, "cannot open", e))?;
+    let mut fb = crate::scan::open_source(b).map_err(|e| io_err(b, "cannot open", e))?;
     let mut ba = vec![0u8; MIB as usize];
     let mut bb = vec![0u8; MIB as usize];
     loop {
@@ -530,6 +532,7 @@ pub fn write_all(
     progress: &Progress,
 ) -> Result<(Output, DataPlan)> {
     let ss = opts.sectorsize;
+    let t_phase = std::time::Instant::now();
     // 1. Classify.
     let flat: Vec<(usize, usize)> = scan
         .subvols
@@ -563,7 +566,6 @@ pub fn write_all(
     for (&(si, _), c) in flat.iter().zip(classified) {
         classes[si].push(c?);
     }
-    let t_phase = std::time::Instant::now();
     let timing = std::env::var_os("FORGE_MKFS_TIMING").is_some();
     let mark = |what: &str| {
         if timing {
@@ -714,7 +716,9 @@ pub fn write_all(
         files.push(f);
         inode_flags.push(fl);
     }
+    mark("flattened");
     csums.sort_by_key(|c| c.0);
+    mark("csums sorted");
     let mut allocated: Vec<(u64, u64)> = Vec::new();
     let chunk_of = |a: u64| kept.iter().position(|c| c.contains(a));
     for &(at, ref s) in &csums {

@@ -26,12 +26,10 @@ use std::path::PathBuf;
 /// Errors from planning or writing an image.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message, not a `source()`: a chain printed
+    /// with `{:#}` would otherwise say it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     InvalidOption(String),
     #[error(
@@ -52,7 +50,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -191,18 +191,18 @@ pub fn make_empty_filesystem(path: &Path, cfg: &MkfsConfig) -> Result<MkfsReport
         layout: layout.clone(),
         subvols: vec![SubvolInput {
             id: BTRFS_FS_TREE_OBJECTID,
-            items: empty_subvol_items(generation, S_IFDIR | 0o755, 0, 0, cfg.now),
+            items: empty_subvol_items(generation, S_IFDIR | 0o755, 0, 0, cfg.now).into(),
             root_item: subvol_root_item(cfg.nodesize, fs_uuid, cfg.now, 0),
         }],
         ident,
         root_tree_extra: TreeItems::new(),
         default_subvol: BTRFS_FS_TREE_OBJECTID,
-        csum_items: TreeItems::new(),
+        csum_items: Default::default(),
         data_extent_items: TreeItems::new(),
         data_allocated: Vec::new(),
         extra_incompat: 0,
     };
-    let commit = commit(&out, &input)?;
+    let commit = commit(&out, &input, None)?;
     Ok(MkfsReport {
         layout,
         commit,

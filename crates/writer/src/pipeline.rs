@@ -16,7 +16,6 @@
 //! files cost one read, not a wasted compression of every range.
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fs::File;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, TryLockError};
 
@@ -169,7 +168,8 @@ fn combine(hashes: impl Iterator<Item = u128>) -> u128 {
 
 /// Hash a file's ranges by reading it (the same bytes its ranges hold).
 pub(crate) fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
-    let f = File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let f =
+        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut buf = vec![0u8; BTRFS_MAX_COMPRESSED as usize];
     let mut hashes = Vec::new();
     for (off, len) in cut_ranges(runs) {
@@ -259,8 +259,8 @@ fn write_batch(
                     file_offset,
                 } => {
                     let node = &scan.subvols[*subvol].nodes[*node];
-                    let f =
-                        File::open(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+                    let f = crate::scan::open_source(&node.path)
+                        .map_err(|e| io_err(&node.path, "cannot open", e))?;
                     let mut done = 0u64;
                     while done < piece.len {
                         if fill == st.len() {

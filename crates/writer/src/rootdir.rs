@@ -234,7 +234,7 @@ fn build(
         }
         subvols.push(SubvolInput {
             id: sv.id,
-            items,
+            items: Arc::new(items),
             root_item,
         });
     }
@@ -257,7 +257,7 @@ fn build(
         subvols,
         root_tree_extra,
         default_subvol,
-        csum_items,
+        csum_items: Arc::new(csum_items),
         data_extent_items,
         data_allocated: plan.allocated.clone(),
         extra_incompat,
@@ -276,13 +276,13 @@ fn build(
     // Size the metadata chunk: a dry run in a roomy chunk, then the real one.
     let meta_flags = BTRFS_BLOCK_GROUP_METADATA | m.flag();
     let mut trial = align(est_meta * 2 + 8 * MIB, BTRFS_STRIPE_LEN);
-    let needed = loop {
+    let (needed, seed) = loop {
         let mut l = layout.clone();
         l.push_chunk(meta_flags, trial, m.stripes());
         l.device_size = l.physical_end();
         input.layout = l;
         match metadata_needed(&input) {
-            Ok(n) => break n,
+            Ok(solved) => break solved,
             Err(Error::NoSpace(_)) if trial < 1 << 40 => trial *= 2,
             Err(e) => return Err(e),
         }
@@ -321,7 +321,7 @@ fn build(
             reserved - end,
         );
     }
-    let report = commit(&out, &input)?;
+    let report = commit(&out, &input, Some(seed))?;
     timing.mark("commit");
     Ok(MkfsReport {
         layout,

@@ -6,8 +6,9 @@
 //! subvolumes with their own inode numbering.
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use btrfs_format::*;
@@ -171,33 +172,134 @@ fn time(sec: i64, nsec: i64, clamp: Option<i64>) -> Time {
     }
 }
 
-fn stat_of(path: &Path, md: &std::fs::Metadata, opts: &ScanOptions) -> Stat {
+/// Open a source file for reading. Files are read in inode order, so the
+/// previous file's directory is usually this one's: each thread keeps that
+/// directory open and looks up one name in it, not the whole path.
+pub fn open_source(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::cell::RefCell;
+    thread_local! {
+        static DIR: RefCell<Option<(PathBuf, OwnedFd)>> = const { RefCell::new(None) };
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return std::fs::File::open(path);
+    };
+    DIR.with_borrow_mut(|cache| {
+        if cache.as_ref().is_none_or(|(p, _)| p != parent) {
+            *cache = None;
+            let fd = rustix::fs::open(
+                parent,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            *cache = Some((parent.to_path_buf(), fd));
+        }
+        let (_, dir) = cache.as_ref().expect("just filled");
+        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(std::fs::File::from(fd))
+    })
+}
+
+/// What the scan keeps of one `statx`: the attributes it stores, and what
+/// it needs to group hard links and recurse.
+struct Lstat {
+    stat: Stat,
+    dev: u64,
+    ino: u64,
+    nlink: u32,
+}
+
+impl Lstat {
+    fn is_dir(&self) -> bool {
+        self.stat.mode & S_IFMT == S_IFDIR
+    }
+}
+
+/// `lstat` of `name` in directory `dir` (`path` names it in errors): one
+/// path component to look up instead of the whole path.
+fn lstat_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path, opts: &ScanOptions) -> Result<Lstat> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let x = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )
+    .map_err(|e| source_err(path, "cannot stat", e.into()))?;
     let c = opts.clamp;
-    let otime = md
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| time(d.as_secs() as i64, d.subsec_nanos() as i64, c))
-        .unwrap_or_else(|| time(md.ctime(), md.ctime_nsec(), c));
-    let dev = md.rdev();
-    let rdev = ((rustix::fs::major(dev) as u64) << 20) | (rustix::fs::minor(dev) as u64 & 0xfffff);
-    let _ = path;
-    Stat {
-        mode: md.mode(),
-        uid: opts.uid.unwrap_or(md.uid()),
-        gid: opts.gid.unwrap_or(md.gid()),
-        rdev: if md.mode() & S_IFMT == S_IFCHR || md.mode() & S_IFMT == S_IFBLK {
-            rdev
+    let t = |ts: rustix::fs::StatxTimestamp| time(ts.tv_sec, ts.tv_nsec as i64, c);
+    let mode = x.stx_mode as u32;
+    let is_dev = mode & S_IFMT == S_IFCHR || mode & S_IFMT == S_IFBLK;
+    let stat = Stat {
+        mode,
+        uid: opts.uid.unwrap_or(x.stx_uid),
+        gid: opts.gid.unwrap_or(x.stx_gid),
+        rdev: if is_dev {
+            ((x.stx_rdev_major as u64) << 20) | (x.stx_rdev_minor as u64 & 0xfffff)
         } else {
             0
         },
-        size: md.size(),
-        allocated: md.blocks() * 512,
-        atime: time(md.atime(), md.atime_nsec(), c),
-        mtime: time(md.mtime(), md.mtime_nsec(), c),
-        ctime: time(md.ctime(), md.ctime_nsec(), c),
-        otime,
+        size: x.stx_size,
+        allocated: x.stx_blocks * 512,
+        atime: t(x.stx_atime),
+        mtime: t(x.stx_mtime),
+        ctime: t(x.stx_ctime),
+        // Birth time where the source filesystem records it.
+        otime: if x.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0 {
+            t(x.stx_btime)
+        } else {
+            t(x.stx_ctime)
+        },
+    };
+    Ok(Lstat {
+        stat,
+        dev: rustix::fs::makedev(x.stx_dev_major, x.stx_dev_minor),
+        ino: x.stx_ino,
+        nlink: x.stx_nlink,
+    })
+}
+
+/// Whether the kernel has `listxattrat` (Linux 6.13); else paths are used.
+static LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Every xattr of `name` in `dir`. The common case, none, costs one
+/// `listxattrat`; a file that has some is read through its path.
+fn read_xattrs_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::sync::atomic::Ordering;
+    if LISTXATTRAT.load(Ordering::Relaxed) {
+        // Same number on every architecture (a syscall newer than 424).
+        const SYS_LISTXATTRAT: libc::c_long = 465;
+        // SAFETY: a valid directory fd, a NUL-terminated name, and a null
+        // buffer of size 0 (the call only reports the list's length).
+        let r = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                std::ptr::null_mut::<libc::c_char>(),
+                0usize,
+            )
+        };
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOSYS) => LISTXATTRAT.store(false, Ordering::Relaxed),
+                Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+                _ => {
+                    return Err(source_err(path, "cannot read extended attributes", e));
+                }
+            }
+        }
     }
+    read_xattrs(path)
 }
 
 /// Every xattr of `path` (not following a final symlink), sorted by name.
@@ -231,30 +333,46 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-fn kind_of(path: &Path, md: &std::fs::Metadata) -> Result<Kind> {
-    Ok(match md.mode() & S_IFMT {
+fn kind_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path, mode: u32) -> Result<Kind> {
+    Ok(match mode & S_IFMT {
         S_IFDIR => Kind::Dir {
             entries: Vec::new(),
         },
         S_IFREG => Kind::File,
         S_IFLNK => Kind::Symlink {
-            target: std::fs::read_link(path)
-                .map_err(|e| source_err(path, "cannot read symlink", e))?
-                .into_os_string()
-                .into_vec(),
+            target: rustix::fs::readlinkat(dir, name, Vec::new())
+                .map_err(|e| source_err(path, "cannot read symlink", e.into()))?
+                .into_bytes(),
         },
         _ => Kind::Special,
     })
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<OsString>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| source_err(dir, "cannot read directory", e))?;
+/// Open directory `name` in `dir` for listing and lookups relative to it.
+fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| source_err(path, "cannot read directory", e.into()))
+}
+
+/// The names in directory `fd`, sorted by bytes.
+fn sorted_entries(fd: BorrowedFd<'_>, dir: &Path) -> Result<Vec<CString>> {
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+    let mut rd = rustix::fs::RawDir::new(fd, &mut buf);
     let mut names = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| source_err(dir, "cannot read directory", e))?;
-        names.push(e.file_name());
+    while let Some(e) = rd.next() {
+        let e = e.map_err(|e| source_err(dir, "cannot read directory", e.into()))?;
+        let n = e.file_name();
+        if n != c"." && n != c".." {
+            names.push(n.to_owned());
+        }
     }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    names.sort_unstable();
     Ok(names)
 }
 
@@ -262,22 +380,23 @@ fn sorted_entries(dir: &Path) -> Result<Vec<OsString>> {
 struct Raw {
     name: OsString,
     path: PathBuf,
-    md: std::fs::Metadata,
-    stat: Stat,
+    md: Lstat,
     kind: Kind,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// The listing of a subdirectory.
     sub: Option<Result<Vec<Raw>>>,
 }
 
-/// Read a directory and everything below it, in parallel (rayon); entries
-/// sorted by name. Numbering happens afterwards, in one deterministic pass.
-fn read_listing(dir: &Path, opts: &ScanOptions) -> Result<Vec<Raw>> {
+/// Read directory `fd` (at `dir`) and everything below it, in parallel
+/// (rayon), with lookups relative to each directory; entries sorted by name.
+/// Numbering happens afterwards, in one deterministic pass.
+fn read_listing(fd: BorrowedFd<'_>, dir: &Path, opts: &ScanOptions) -> Result<Vec<Raw>> {
     use rayon::prelude::*;
-    let names = sorted_entries(dir)?;
+    let names = sorted_entries(fd, dir)?;
     names
         .into_par_iter()
-        .map(|name| {
+        .map(|cname| {
+            let name = OsString::from_vec(cname.as_bytes().to_vec());
             let path = dir.join(&name);
             if name.as_bytes().len() > BTRFS_NAME_LEN {
                 return Err(Error::InvalidOption(format!(
@@ -286,17 +405,17 @@ fn read_listing(dir: &Path, opts: &ScanOptions) -> Result<Vec<Raw>> {
                     name.as_bytes().len()
                 )));
             }
-            let md = std::fs::symlink_metadata(&path)
-                .map_err(|e| source_err(&path, "cannot stat", e))?;
-            let kind = kind_of(&path, &md)?;
-            let xattrs = read_xattrs(&path)?;
-            let stat = stat_of(&path, &md, opts);
-            let sub = md.is_dir().then(|| read_listing(&path, opts));
+            let md = lstat_at(fd, &cname, &path, opts)?;
+            let kind = kind_at(fd, &cname, &path, md.stat.mode)?;
+            let xattrs = read_xattrs_at(fd, &cname, &path)?;
+            let sub = md.is_dir().then(|| {
+                let sub_fd = open_dir_at(fd, &cname, &path)?;
+                read_listing(sub_fd.as_fd(), &path, opts)
+            });
             Ok(Raw {
                 name,
                 path,
                 md,
-                stat,
                 kind,
                 xattrs,
                 sub,
@@ -307,9 +426,9 @@ fn read_listing(dir: &Path, opts: &ScanOptions) -> Result<Vec<Raw>> {
 
 /// Walk `root` and build the inode graph.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
-    let md = std::fs::symlink_metadata(root)
+    let root_md = std::fs::symlink_metadata(root)
         .map_err(|e| source_err(root, "cannot access --rootdir", e))?;
-    if !md.is_dir() {
+    if !root_md.is_dir() {
         return Err(Error::InvalidOption(format!(
             "--rootdir {}: not a directory",
             root.display()
@@ -334,7 +453,13 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
             "only one --subvol can be the default".into(),
         ));
     }
-    let listing = read_listing(root, opts)?;
+    let root_c = CString::new(root.as_os_str().as_bytes()).map_err(|_| {
+        Error::InvalidOption(format!("--rootdir {}: NUL in the path", root.display()))
+    })?;
+    let md = lstat_at(rustix::fs::CWD, &root_c, root, opts)?;
+    let root_fd = open_dir_at(rustix::fs::CWD, &root_c, root)?;
+    let listing = read_listing(root_fd.as_fd(), root, opts)?;
+    drop(root_fd);
     let mut subvols = vec![Subvol {
         id: BTRFS_FS_TREE_OBJECTID,
         rel: PathBuf::new(),
@@ -343,7 +468,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
         nodes: vec![Node {
             ino: BTRFS_FIRST_FREE_OBJECTID,
             path: root.to_path_buf(),
-            stat: stat_of(root, &md, opts),
+            stat: md.stat,
             kind: Kind::Dir {
                 entries: Vec::new(),
             },
@@ -364,15 +489,15 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                 name,
                 path,
                 md,
-                stat,
                 kind,
                 xattrs,
                 sub,
             } = raw;
+            let stat = md.stat.clone();
             let index = 2 + i as u64;
             let child_rel = rel.join(&name);
             let nb = name.as_bytes().to_vec();
-            let ft = ft_from_mode(md.mode());
+            let ft = ft_from_mode(md.stat.mode);
             if md.is_dir() {
                 if let Some(spec) = opts.subvols.iter().find(|s| s.rel == child_rel) {
                     let new = subvols.len();
@@ -406,8 +531,8 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                 index,
                 name: nb.clone(),
             };
-            let key = (md.dev(), md.ino());
-            if !md.is_dir() && md.nlink() > 1 {
+            let key = (md.dev, md.ino);
+            if !md.is_dir() && md.nlink > 1 {
                 if let Some(&idx) = seen[sv].get(&key) {
                     subvols[sv].nodes[idx].links.push(link);
                     entries.push(DirEntry {
@@ -430,7 +555,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                 xattrs,
                 links: vec![link],
             });
-            if !md.is_dir() && md.nlink() > 1 {
+            if !md.is_dir() && md.nlink > 1 {
                 seen[sv].insert(key, idx);
             }
             if let Some(sub) = sub {
