@@ -246,6 +246,26 @@ pub fn seal_block(bytes: &mut [u8], csum: CsumType) {
     bytes[..BTRFS_CSUM_SIZE].copy_from_slice(&c);
 }
 
+/// Write the items `r` into the zeroed leaf `b` under header `h`: item
+/// headers from the front, payloads from the back.
+fn fill_leaf(b: &mut [u8], items: &TreeItems, r: std::ops::Range<usize>, h: &Header) {
+    let ns = b.len();
+    b[..Header::SIZE].copy_from_slice(h.as_bytes());
+    let mut data_end = ns;
+    for (slot, i) in r.enumerate() {
+        let payload = items.payload(i);
+        data_end -= payload.len();
+        b[data_end..data_end + payload.len()].copy_from_slice(payload);
+        let it = Item {
+            key: items.key(i).to_disk(),
+            offset: ((data_end - Header::SIZE) as u32).into(),
+            size: (payload.len() as u32).into(),
+        };
+        let at = Header::SIZE + slot * Item::SIZE;
+        b[at..at + Item::SIZE].copy_from_slice(it.as_bytes());
+    }
+}
+
 /// Serialize `items` as planned, at the given addresses (leaves first, root last).
 pub fn build_tree(
     items: &TreeItems,
@@ -257,9 +277,10 @@ pub fn build_tree(
     build_tree_into(items, plan, addrs, owner, p, true, &mut |_, _| Ok(()))
 }
 
-/// Serialize `items` as planned and hand each finished block to `emit`
-/// (bytenr, bytes). Unless `keep` is set, the returned blocks carry no bytes:
-/// a large tree is written out block by block instead of held in memory.
+/// Serialize `items` as planned and hand finished blocks to `emit` (bytenr,
+/// bytes: one block, or several at consecutive addresses). Unless `keep` is
+/// set, the returned blocks carry no bytes: a large tree is written out as it
+/// is built instead of held in memory.
 pub fn build_tree_into(
     items: &TreeItems,
     plan: &TreePlan,
@@ -278,42 +299,62 @@ pub fn build_tree_into(
     }
     let ns = p.nodesize as usize;
     let mut blocks = Vec::with_capacity(addrs.len());
-    let mut addr = addrs.iter().copied();
-    for r in &plan.leaves {
-        let bytenr = addr.next().unwrap_or_default();
-        let mut b = vec![0u8; ns];
-        b[..Header::SIZE].copy_from_slice(header(p, bytenr, owner, r.len(), 0).as_bytes());
-        let mut data_end = ns;
-        for (slot, i) in r.clone().enumerate() {
-            let payload = items.payload(i);
-            data_end -= payload.len();
-            b[data_end..data_end + payload.len()].copy_from_slice(payload);
-            let it = Item {
-                key: items.key(i).to_disk(),
-                offset: ((data_end - Header::SIZE) as u32).into(),
-                size: (payload.len() as u32).into(),
-            };
-            let at = Header::SIZE + slot * Item::SIZE;
-            b[at..at + Item::SIZE].copy_from_slice(it.as_bytes());
-        }
-        seal_block(&mut b, p.csum);
-        emit(bytenr, &b)?;
-        if !keep {
-            b = Vec::new();
-        }
-        let first_key = if r.is_empty() {
-            Key::MIN
-        } else {
-            items.key(r.start)
+    // Leaves in windows: built and sealed in parallel, then handed to
+    // `emit` as spans of consecutive addresses (one write per span).
+    const WINDOW: usize = 64;
+    let mut buf = Vec::new();
+    for (w, window) in plan.leaves.chunks(WINDOW).enumerate() {
+        let base = w * WINDOW;
+        buf.clear();
+        buf.resize(window.len() * ns, 0u8);
+        let fill = |j: usize, b: &mut [u8]| {
+            let bytenr = addrs[base + j];
+            fill_leaf(
+                b,
+                items,
+                window[j].clone(),
+                &header(p, bytenr, owner, window[j].len(), 0),
+            );
+            seal_block(b, p.csum);
         };
-        blocks.push(Block {
-            bytenr,
-            level: 0,
-            owner,
-            first_key,
-            bytes: b,
-        });
+        if window.len() >= 8 {
+            use rayon::prelude::*;
+            buf.par_chunks_mut(ns)
+                .enumerate()
+                .for_each(|(j, b)| fill(j, b));
+        } else {
+            for (j, b) in buf.chunks_mut(ns).enumerate() {
+                fill(j, b);
+            }
+        }
+        let mut j = 0;
+        while j < window.len() {
+            let mut k = j + 1;
+            while k < window.len() && addrs[base + k] == addrs[base + k - 1] + ns as u64 {
+                k += 1;
+            }
+            emit(addrs[base + j], &buf[j * ns..k * ns])?;
+            j = k;
+        }
+        for (j, r) in window.iter().enumerate() {
+            blocks.push(Block {
+                bytenr: addrs[base + j],
+                level: 0,
+                owner,
+                first_key: if r.is_empty() {
+                    Key::MIN
+                } else {
+                    items.key(r.start)
+                },
+                bytes: if keep {
+                    buf[j * ns..(j + 1) * ns].to_vec()
+                } else {
+                    Vec::new()
+                },
+            });
+        }
     }
+    let mut addr = addrs[plan.leaves.len()..].iter().copied();
     let mut below = 0..blocks.len();
     for (lvl, level_nodes) in plan.nodes.iter().enumerate() {
         let level = lvl as u8 + 1;

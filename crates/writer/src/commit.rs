@@ -672,17 +672,27 @@ pub fn commit(out: &Output, input: &CommitInput, seed: Option<Seed>) -> Result<C
         chunk_tree_uuid: input.ident.chunk_tree_uuid,
         generation: input.generation,
     };
-    // Each tree block goes to every copy as soon as it is built.
+    // Tree blocks go to every copy as soon as they are built, and the disk
+    // starts on them at once: the flush below then has little left to wait for.
     let mut count = 0;
+    let ns = input.nodesize as u64;
     let mut emit = |bytenr: u64, bytes: &[u8]| -> Result<()> {
-        let phys = input
+        let last = bytenr + bytes.len() as u64 - ns;
+        let chunk = input
             .layout
-            .physical(bytenr)
-            .ok_or_else(|| Error::Internal(format!("tree block {bytenr} outside every chunk")))?;
-        for p in phys {
+            .chunk_for(bytenr)
+            .filter(|c| c.contains(last))
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "tree blocks {bytenr}..={last} not inside one chunk"
+                ))
+            })?;
+        for s in &chunk.stripes {
+            let p = s + (bytenr - chunk.logical);
             out.write_at(bytes, p)?;
+            out.start_writeback(p, bytes.len() as u64);
         }
-        count += 1;
+        count += bytes.len() / ns as usize;
         Ok(())
     };
     let mut built: BTreeMap<u64, BuiltTree> = BTreeMap::new();

@@ -321,7 +321,8 @@ fn build(
             reserved - end,
         );
     }
-    let report = commit(&out, &input, Some(seed))?;
+    // In the pool: tree leaves are built in parallel.
+    let report = pool.install(|| commit(&out, &input, Some(seed)))?;
     timing.mark("commit");
     Ok(MkfsReport {
         layout,
