@@ -100,7 +100,7 @@ thread_local! {
     static WORKER: RefCell<Worker> = const { RefCell::new(Worker { zstd: None, buf: Vec::new() }) };
 }
 
-fn zstd_compress(w: &mut Worker, level: i32, input: &[u8]) -> Result<Vec<u8>> {
+fn zstd_compress(w: &mut Worker, level: i32, input: &[u8], padded_to: usize) -> Result<Vec<u8>> {
     if w.zstd.as_ref().map(|z| z.0) != Some(level) {
         let mut c = zstd::bulk::Compressor::new(level)
             .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
@@ -118,7 +118,16 @@ fn zstd_compress(w: &mut Worker, level: i32, input: &[u8]) -> Result<Vec<u8>> {
     w.buf.reserve(cap);
     c.compress_to_buffer(input, &mut w.buf)
         .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
-    Ok(w.buf.clone())
+    Ok(sector_padded(&w.buf, padded_to))
+}
+
+/// `bytes` in a buffer of their own, zero padded to a multiple of
+/// `padded_to` (one allocation, no regrowth).
+fn sector_padded(bytes: &[u8], padded_to: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len().div_ceil(padded_to) * padded_to);
+    v.extend_from_slice(bytes);
+    v.resize(v.capacity(), 0);
+    v
 }
 
 fn zlib_compress(level: i32, input: &[u8]) -> Result<Vec<u8>> {
@@ -160,13 +169,27 @@ fn lzo_compress(_: &[u8], _: usize) -> Result<Vec<u8>> {
 }
 
 /// Compress `input` (whole sectors of file data, zero padded) the way btrfs
-/// stores it.
+/// stores it inline: exactly the compressed bytes.
 pub fn compress(c: &Compression, input: &[u8], sectorsize: usize) -> Result<Vec<u8>> {
     match c.algo {
-        Algo::Zstd => WORKER.with(|w| zstd_compress(&mut w.borrow_mut(), c.level, input)),
+        Algo::Zstd => WORKER.with(|w| zstd_compress(&mut w.borrow_mut(), c.level, input, 1)),
         Algo::Zlib => zlib_compress(c.level, input),
         Algo::Lzo => lzo_compress(input, sectorsize),
     }
+}
+
+/// Compress `input` for a regular extent: zero padded to whole sectors, as
+/// the extent stores it on disk.
+pub fn compress_extent(c: &Compression, input: &[u8], sectorsize: usize) -> Result<Vec<u8>> {
+    let mut z = match c.algo {
+        Algo::Zstd => {
+            return WORKER.with(|w| zstd_compress(&mut w.borrow_mut(), c.level, input, sectorsize))
+        }
+        Algo::Zlib => zlib_compress(c.level, input)?,
+        Algo::Lzo => lzo_compress(input, sectorsize)?,
+    };
+    z.resize(z.len().div_ceil(sectorsize) * sectorsize, 0);
+    Ok(z)
 }
 
 /// Compressed bytes worth keeping for an extent: they must save a sector.
@@ -209,6 +232,20 @@ mod tests {
                 }
             };
             assert_eq!(back, data, "{spec}");
+        }
+    }
+
+    #[test]
+    fn extents_are_the_exact_bytes_zero_padded_to_sectors() {
+        let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i / 7 % 251) as u8).collect();
+        for spec in ["zstd:3", "zlib:6"] {
+            let c = Compression::parse(spec, false).unwrap().unwrap();
+            let exact = compress(&c, &data, 4096).unwrap();
+            let ext = compress_extent(&c, &data, 4096).unwrap();
+            assert_eq!(ext.len() % 4096, 0, "{spec}");
+            assert!(ext.len() - exact.len() < 4096, "{spec}");
+            assert_eq!(&ext[..exact.len()], &exact[..], "{spec}");
+            assert!(ext[exact.len()..].iter().all(|&b| b == 0), "{spec}");
         }
     }
 

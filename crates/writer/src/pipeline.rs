@@ -21,10 +21,10 @@ use std::sync::{Mutex, TryLockError};
 
 use btrfs_format::*;
 
-use crate::compress::{compress, worth_it};
+use crate::compress::{compress_extent, worth_it};
 use crate::data::{
-    check_size, io_err, read_exact_at, read_range, same_content, sector_sums, Class, DataAlloc,
-    DataOptions, FileExtent, Progress,
+    check_size, io_err, read_exact_at, same_content, sector_sums, Class, DataAlloc, DataOptions,
+    FileExtent, Progress,
 };
 use crate::layout::Layout;
 use crate::output::Output;
@@ -183,30 +183,46 @@ pub(crate) fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
     Ok(combine(hashes.into_iter()))
 }
 
-/// Read and (when it pays) compress one delayed ordered extent.
+/// Read and (when it pays) compress one delayed ordered extent. The file's
+/// bytes are read into a buffer the thread keeps: most ranges compress, and
+/// then only the (smaller) compressed bytes need a buffer of their own.
 fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result<RangeOut> {
-    let ss = opts.sectorsize as usize;
-    let raw = read_range(node, off, len)?;
-    let hash = if opts.dedupe {
-        xxhash_rust::xxh3::xxh3_128(&raw)
-    } else {
-        0
-    };
-    if let Some(c) = &opts.compression {
-        let mut z = compress(c, &raw, ss)?;
-        if worth_it(z.len(), raw.len(), ss) {
-            z.resize(z.len().div_ceil(ss) * ss, 0);
-            return Ok(RangeOut {
-                data: z,
-                compressed: true,
-                hash,
-            });
-        }
+    thread_local! {
+        static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    Ok(RangeOut {
-        data: raw,
-        compressed: false,
-        hash,
+    let ss = opts.sectorsize as usize;
+    RAW.with_borrow_mut(|raw| {
+        let len = len as usize;
+        if raw.len() < len {
+            raw.resize(len, 0);
+        }
+        let raw = &mut raw[..len];
+        let f = crate::scan::open_source(&node.path)
+            .map_err(|e| io_err(&node.path, "cannot open", e))?;
+        let want = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
+        read_exact_at(&f, &node.path, &mut raw[..want], off, node.stat.size)?;
+        check_size(&f, node)?;
+        raw[want..].fill(0);
+        let hash = if opts.dedupe {
+            xxhash_rust::xxh3::xxh3_128(raw)
+        } else {
+            0
+        };
+        if let Some(c) = &opts.compression {
+            let z = compress_extent(c, raw, ss)?;
+            if worth_it(z.len(), raw.len(), ss) {
+                return Ok(RangeOut {
+                    data: z,
+                    compressed: true,
+                    hash,
+                });
+            }
+        }
+        Ok(RangeOut {
+            data: raw.to_vec(),
+            compressed: false,
+            hash,
+        })
     })
 }
 
