@@ -624,4 +624,62 @@ mod tests {
         assert_eq!(nodes[1].links.len(), 2, "a and b/y are one inode");
         assert_eq!(nodes[1].links[1].parent, nodes[2].ino);
     }
+
+    /// Lookups relative to a directory see what path lookups see: the same
+    /// attributes, symlink targets and xattrs (through `listxattrat`, and
+    /// through paths where the kernel lacks it), and the same errors.
+    #[test]
+    fn relative_lookups_match_paths() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir(r.join("dir")).unwrap();
+        std::fs::write(r.join("dir/f"), b"data").unwrap();
+        std::os::unix::fs::symlink("../some/target", r.join("dir/l")).unwrap();
+        let has_xattrs = rustix::fs::setxattr(
+            r.join("dir/f").as_path(),
+            "user.k",
+            b"v",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok();
+        for listxattrat in [true, false] {
+            LISTXATTRAT.store(listxattrat, std::sync::atomic::Ordering::Relaxed);
+            let s = scan(r, &ScanOptions::default()).unwrap();
+            let nodes = &s.subvols[0].nodes;
+            for n in nodes {
+                let md = std::fs::symlink_metadata(&n.path).unwrap();
+                assert_eq!(
+                    (
+                        n.stat.mode,
+                        n.stat.size,
+                        n.stat.uid,
+                        n.stat.mtime.sec,
+                        n.stat.mtime.nsec
+                    ),
+                    (
+                        md.mode(),
+                        md.size(),
+                        md.uid(),
+                        md.mtime(),
+                        md.mtime_nsec() as u32
+                    ),
+                    "{}",
+                    n.path.display()
+                );
+            }
+            let f = nodes.iter().find(|n| n.path.ends_with("dir/f")).unwrap();
+            if has_xattrs {
+                assert_eq!(f.xattrs, vec![(b"user.k".to_vec(), b"v".to_vec())]);
+            }
+            let l = nodes.iter().find(|n| n.path.ends_with("dir/l")).unwrap();
+            assert!(matches!(&l.kind, Kind::Symlink { target } if target == b"../some/target"));
+        }
+        LISTXATTRAT.store(true, std::sync::atomic::Ordering::Relaxed);
+        let e = scan(&r.join("missing"), &ScanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        // A file in place of --rootdir.
+        let e = scan(&r.join("dir/f"), &ScanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+    }
 }
