@@ -619,6 +619,13 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             s[0].alloc,
         ))
     };
+    // Every run's time, sorted: on a VM one slow run in three decides a
+    // median, and the range shows it.
+    let times = |i: usize| -> Vec<f64> {
+        let mut t: Vec<f64> = samples[i].iter().map(|x| x.secs).collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t
+    };
     let find = |name: &str| tools.iter().position(|t| t.name == name).and_then(med);
     let reference = find("mkfs.btrfs --rootdir --shrink");
     let mut table = String::new();
@@ -628,25 +635,28 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         bytes as f64 / MIB as f64,
         o.runs
     ));
-    table.push_str("| tool | time (s) | MB/s | vs mkfs.btrfs | image size (MiB) | allocated (MiB) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    table.push_str("| tool | time (s) | min–max (s) | MB/s | vs mkfs.btrfs | image size (MiB) | allocated (MiB) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json = Vec::new();
     for (i, t) in tools.iter().enumerate() {
         let Some((secs, rss, size, alloc)) = med(i) else {
-            table.push_str(&format!("| {} | failed | | | | | |\n", t.name));
+            table.push_str(&format!("| {} | failed | | | | | | |\n", t.name));
             continue;
         };
         let rate = bytes as f64 / secs / 1e6;
         let vs = reference.map(|r| r.0 / secs);
+        let all = times(i);
         table.push_str(&format!(
-            "| {} | {secs:.2} | {rate:.0} | {} | {:.1} | {:.1} | {:.0} |\n",
+            "| {} | {secs:.2} | {:.2}–{:.2} | {rate:.0} | {} | {:.1} | {:.1} | {:.0} |\n",
             t.name,
+            all[0],
+            all[all.len() - 1],
             vs.map(|v| format!("{v:.1}x")).unwrap_or_default(),
             size as f64 / MIB as f64,
             alloc as f64 / MIB as f64,
             rss as f64 / 1024.0
         ));
         json.push(serde_json::json!({
-            "tool": t.name, "seconds": secs, "mb_per_s": rate, "speedup_vs_mkfs_btrfs": vs,
+            "tool": t.name, "seconds": secs, "samples": all, "mb_per_s": rate, "speedup_vs_mkfs_btrfs": vs,
             "image_bytes": size, "allocated_bytes": alloc, "peak_rss_kib": rss, "compressed": t.compressed,
         }));
     }
