@@ -270,8 +270,19 @@ fn read_xattrs_at(
     path: &Path,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     use std::sync::atomic::Ordering;
-    if LISTXATTRAT.load(Ordering::Relaxed) {
-        // Same number on every architecture (a syscall newer than 424).
+    // New syscalls share one number on the architectures below (not on MIPS
+    // or Alpha, whose tables are offset); elsewhere paths are used.
+    const UNIFIED_TABLE: bool = cfg!(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    ));
+    if UNIFIED_TABLE && LISTXATTRAT.load(Ordering::Relaxed) {
         const SYS_LISTXATTRAT: libc::c_long = 465;
         // SAFETY: a valid directory fd, a NUL-terminated name, and a null
         // buffer of size 0 (the call only reports the list's length).
@@ -291,7 +302,10 @@ fn read_xattrs_at(
         if r < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::ENOSYS) => LISTXATTRAT.store(false, Ordering::Relaxed),
+                // ENOSYS: an older kernel. EPERM: a container's seccomp
+                // filter that does not know the call (listxattr itself
+                // does not fail so).
+                Some(libc::ENOSYS | libc::EPERM) => LISTXATTRAT.store(false, Ordering::Relaxed),
                 Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
                 _ => {
                     return Err(source_err(path, "cannot read extended attributes", e));
