@@ -317,6 +317,8 @@ pub fn build_tree_into(
             );
             seal_block(b, p.csum);
         };
+        // A few leaves are not worth tasks (and the small trees of an empty
+        // filesystem are built outside any pool).
         if window.len() >= 8 {
             use rayon::prelude::*;
             buf.par_chunks_mut(ns)

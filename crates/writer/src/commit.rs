@@ -658,13 +658,14 @@ pub fn metadata_needed(input: &CommitInput) -> Result<(u64, Seed)> {
 
 /// Plan, place and write all metadata, then the superblock copies.
 pub fn commit(out: &Output, input: &CommitInput, seed: Option<Seed>) -> Result<CommitReport> {
+    let mut timing = crate::Timing::new(true);
     let Solved {
         chunk,
         fixed,
         var,
         pl,
     } = solve(input, seed)?;
-    let t0 = std::time::Instant::now();
+    timing.mark("solve");
     let params = BlockParams {
         nodesize: input.nodesize,
         csum: input.csum,
@@ -711,16 +712,9 @@ pub fn commit(out: &Output, input: &CommitInput, seed: Option<Seed>) -> Result<C
         )?;
         built.insert(p.id, t);
     }
-    let t1 = t0.elapsed();
+    timing.mark("build and write the trees");
     out.sync()?;
-    let t2 = t0.elapsed();
-    if std::env::var_os("FORGE_MKFS_TIMING").is_some() {
-        eprintln!(
-            "timing:   commit build+write {:.3}s, sync {:.3}s",
-            t1.as_secs_f64(),
-            (t2 - t1).as_secs_f64()
-        );
-    }
+    timing.mark("flush");
 
     let sb = superblock(input, &built, &pl)?;
     out.write_superblocks(&sb, input.csum)?;

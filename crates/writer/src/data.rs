@@ -106,10 +106,6 @@ pub struct DataPlan {
     pub bytes_on_disk: u64,
 }
 
-pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
-    Error::io(path, std::io::Error::new(e.kind(), format!("{what}: {e}")))
-}
-
 /// Sector-aligned data runs of a file, holes left out.
 fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
     let size = node.stat.size;
@@ -118,15 +114,20 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
     if node.stat.allocated >= size {
         return Ok(vec![(0, end)]);
     }
-    let f =
-        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let f = crate::scan::open_source(&node.path)?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0;
     while pos < size {
         let start = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
             Ok(s) => s,
             Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(io_err(&node.path, "cannot find data (SEEK_DATA)", e.into())),
+            Err(e) => {
+                return Err(Error::source(
+                    &node.path,
+                    "cannot find data (SEEK_DATA)",
+                    e.into(),
+                ))
+            }
         };
         if start >= size {
             break;
@@ -134,7 +135,7 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
         let stop = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(start)) {
             Ok(s) => s.min(size),
             Err(e) => {
-                return Err(io_err(
+                return Err(Error::source(
                     &node.path,
                     "cannot find holes (SEEK_HOLE)",
                     e.into(),
@@ -153,13 +154,7 @@ fn data_runs(node: &Node, sectorsize: u64) -> Result<Vec<(u64, u64)>> {
 }
 
 /// Read exactly `buf.len()` bytes at `offset`, or fail naming the file.
-pub(crate) fn read_exact_at(
-    f: &File,
-    path: &Path,
-    buf: &mut [u8],
-    offset: u64,
-    size: u64,
-) -> Result<()> {
+fn read_exact_at(f: &File, path: &Path, buf: &mut [u8], offset: u64, size: u64) -> Result<()> {
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], offset + got as u64) {
@@ -177,7 +172,7 @@ pub(crate) fn read_exact_at(
             }
             Ok(k) => got += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(path, "cannot read", e)),
+            Err(e) => return Err(Error::source(path, "cannot read", e)),
         }
     }
     Ok(())
@@ -186,7 +181,7 @@ pub(crate) fn read_exact_at(
 pub(crate) fn check_size(f: &File, node: &Node) -> Result<()> {
     // fstat, not statx for every field: this runs once per file.
     let now = rustix::fs::fstat(f)
-        .map_err(|e| io_err(&node.path, "cannot stat", e.into()))?
+        .map_err(|e| Error::source(&node.path, "cannot stat", e.into()))?
         .st_size as u64;
     if now != node.stat.size {
         return Err(Error::io(
@@ -200,14 +195,27 @@ pub(crate) fn check_size(f: &File, node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// Fill `buf` with `node`'s bytes from `offset` on, zeros past the size it
+/// was scanned with; returns how many bytes came from the file.
+pub(crate) fn read_padded(f: &File, node: &Node, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    let want = (buf.len() as u64).min(node.stat.size.saturating_sub(offset)) as usize;
+    read_exact_at(f, &node.path, &mut buf[..want], offset, node.stat.size)?;
+    buf[want..].fill(0);
+    Ok(want)
+}
+
+/// File bytes of `[offset, offset + buf.len())` into `buf`, zero-padded past
+/// EOF; the file must still have the size it was scanned with.
+pub(crate) fn read_range_into(node: &Node, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let f = crate::scan::open_source(&node.path)?;
+    read_padded(&f, node, offset, buf)?;
+    check_size(&f, node)
+}
+
 /// File bytes of `[offset, offset+len)`, zero-padded past EOF.
 pub(crate) fn read_range(node: &Node, offset: u64, len: u64) -> Result<Vec<u8>> {
-    let f =
-        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
     let mut buf = vec![0u8; len as usize];
-    let want = len.min(node.stat.size.saturating_sub(offset)) as usize;
-    read_exact_at(&f, &node.path, &mut buf[..want], offset, node.stat.size)?;
-    check_size(&f, node)?;
+    read_range_into(node, offset, &mut buf)?;
     Ok(buf)
 }
 
@@ -356,35 +364,22 @@ fn dedupe_prepass(
                 .map(move |(ni, _)| (si, ni))
         })
         .collect();
-    let runs_of = |c: &Class| match c {
-        Class::Raw { runs } | Class::Compress { runs } => runs.clone(),
-        _ => Vec::new(),
-    };
     let hashes: Vec<Result<u128>> = pool.install(|| {
         list.par_iter()
             .map(|&(si, ni)| {
-                crate::pipeline::hash_file(&scan.subvols[si].nodes[ni], &runs_of(&classes[si][ni]))
+                crate::pipeline::hash_file(&scan.subvols[si].nodes[ni], classes[si][ni].runs())
             })
             .collect()
     });
     // In file order: the first of each content owns it.
-    let mut owners: std::collections::HashMap<crate::pipeline::ContentKey, (usize, usize)> =
-        Default::default();
+    let mut owners = crate::pipeline::Owners::default();
     for (&(si, ni), h) in list.iter().zip(hashes) {
-        let key = (
-            scan.subvols[si].nodes[ni].stat.size,
-            runs_of(&classes[si][ni]),
-            h?,
-        );
-        match owners.get(&key) {
-            Some(&owner) => {
-                let a = &scan.subvols[owner.0].nodes[owner.1].path;
-                if same_content(a, &scan.subvols[si].nodes[ni].path)? {
-                    classes[si][ni] = Class::Dup { owner };
-                }
-            }
-            None => {
-                owners.insert(key, (si, ni));
+        let node = &scan.subvols[si].nodes[ni];
+        let owner = owners.claim(node.stat.size, classes[si][ni].runs(), h?, (si, ni));
+        if let Some(owner) = owner {
+            let a = &scan.subvols[owner.0].nodes[owner.1].path;
+            if same_content(a, &node.path)? {
+                classes[si][ni] = Class::Dup { owner };
             }
         }
     }
@@ -451,6 +446,16 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
     }
 }
 
+impl Class {
+    /// The data runs of a file with data extents (none otherwise).
+    pub(crate) fn runs(&self) -> &[(u64, u64)] {
+        match self {
+            Class::Raw { runs } | Class::Compress { runs } => runs,
+            _ => &[],
+        }
+    }
+}
+
 /// Dedupe candidates: files with data whose (size, data runs) another file
 /// shares. Only these are hashed.
 fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
@@ -485,13 +490,13 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
 
 pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     use std::io::Read;
-    let mut fa = crate::scan::open_source(a).map_err(|e| io_err(a, "cannot open", e))?;
-    let mut fb = crate::scan::open_source(b).map_err(|e| io_err(b, "cannot open", e))?;
+    let mut fa = crate::scan::open_source(a)?;
+    let mut fb = crate::scan::open_source(b)?;
     let mut ba = vec![0u8; MIB as usize];
     let mut bb = vec![0u8; MIB as usize];
     loop {
-        let na = read_full(&mut fa, &mut ba).map_err(|e| io_err(a, "cannot read", e))?;
-        let nb = read_full(&mut fb, &mut bb).map_err(|e| io_err(b, "cannot read", e))?;
+        let na = read_full(&mut fa, &mut ba).map_err(|e| Error::source(a, "cannot read", e))?;
+        let nb = read_full(&mut fb, &mut bb).map_err(|e| Error::source(b, "cannot read", e))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -532,7 +537,7 @@ pub fn write_all(
     progress: &Progress,
 ) -> Result<(Output, DataPlan)> {
     let ss = opts.sectorsize;
-    let t_phase = std::time::Instant::now();
+    let mut timing = crate::Timing::new(true);
     // 1. Classify.
     let flat: Vec<(usize, usize)> = scan
         .subvols
@@ -566,16 +571,7 @@ pub fn write_all(
     for (&(si, _), c) in flat.iter().zip(classified) {
         classes[si].push(c?);
     }
-    let timing = std::env::var_os("FORGE_MKFS_TIMING").is_some();
-    let mark = |what: &str| {
-        if timing {
-            eprintln!(
-                "timing:   {what} at {:.3}s",
-                t_phase.elapsed().as_secs_f64()
-            );
-        }
-    };
-    mark("classified");
+    timing.mark("classify");
     // 2. Deduplication candidates (decided in the pipeline).
     let mut candidates = if opts.dedupe {
         dedupe_candidates(scan, &classes)
@@ -584,8 +580,9 @@ pub fn write_all(
     };
     // Data chunks for the worst case: nothing compresses, nothing is shared.
     let before = layout.clone();
-    let mut chunks = data_chunks(layout, worst_case(&classes, opts), opts);
-    let out = match out_for(layout, worst_case(&classes, opts)) {
+    let worst = worst_case(&classes, opts);
+    let mut chunks = data_chunks(layout, worst, opts);
+    let out = match out_for(layout, worst) {
         Ok(out) => out,
         // That much space is not there (-b, or the disk): find the
         // duplicates first, reading every candidate once more, and size
@@ -593,12 +590,13 @@ pub fn write_all(
         Err(Error::NoSpace(_)) if opts.dedupe => {
             dedupe_prepass(pool, scan, &mut classes, &mut candidates)?;
             *layout = before;
-            chunks = data_chunks(layout, worst_case(&classes, opts), opts);
-            out_for(layout, worst_case(&classes, opts))?
+            let worst = worst_case(&classes, opts);
+            chunks = data_chunks(layout, worst, opts);
+            out_for(layout, worst)?
         }
         Err(e) => return Err(e),
     };
-    mark("output opened");
+    timing.mark("open the output");
     let alloc = DataAlloc::new(&chunks);
     // 3. The pipeline: files with data extents in (subvolume, inode) order.
     let order: Vec<(usize, usize)> = flat
@@ -622,7 +620,7 @@ pub fn write_all(
     let nocompress = outcome.nocompress;
     let mut csums = outcome.csums;
 
-    mark("pipeline done");
+    timing.mark("pipeline");
     // Trim the data chunks to what was used.
     let used_end = outcome.used_end;
     let mut kept = Vec::new();
@@ -716,9 +714,8 @@ pub fn write_all(
         files.push(f);
         inode_flags.push(fl);
     }
-    mark("flattened");
     csums.sort_by_key(|c| c.0);
-    mark("csums sorted");
+    timing.mark("flatten");
     let mut allocated: Vec<(u64, u64)> = Vec::new();
     let chunk_of = |a: u64| kept.iter().position(|c| c.contains(a));
     for &(at, ref s) in &csums {

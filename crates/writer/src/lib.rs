@@ -53,6 +53,36 @@ impl Error {
             err: source,
         }
     }
+
+    /// An I/O error on a source path, saying what failed ("cannot open").
+    pub(crate) fn source(path: &std::path::Path, what: &str, e: std::io::Error) -> Self {
+        Error::io(path, std::io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
+}
+
+/// Phase timings on stderr when FORGE_MKFS_TIMING is set (for profiling):
+/// each mark prints the time since the previous one; `sub` indents the
+/// phases inside a phase.
+pub(crate) struct Timing {
+    last: Option<std::time::Instant>,
+    sub: bool,
+}
+
+impl Timing {
+    pub(crate) fn new(sub: bool) -> Self {
+        Timing {
+            last: std::env::var_os("FORGE_MKFS_TIMING").map(|_| std::time::Instant::now()),
+            sub,
+        }
+    }
+
+    pub(crate) fn mark(&mut self, what: &str) {
+        if let Some(t) = self.last {
+            let indent = if self.sub { "  " } else { "" };
+            eprintln!("timing: {indent}{what}: {:.3}s", t.elapsed().as_secs_f64());
+            self.last = Some(std::time::Instant::now());
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -23,8 +23,8 @@ use btrfs_format::*;
 
 use crate::compress::{compress_extent, worth_it};
 use crate::data::{
-    check_size, io_err, read_exact_at, same_content, sector_sums, Class, DataAlloc, DataOptions,
-    FileExtent, Progress,
+    check_size, read_padded, read_range_into, same_content, sector_sums, Class, DataAlloc,
+    DataOptions, FileExtent, Progress,
 };
 use crate::layout::Layout;
 use crate::output::Output;
@@ -168,16 +168,13 @@ fn combine(hashes: impl Iterator<Item = u128>) -> u128 {
 
 /// Hash a file's ranges by reading it (the same bytes its ranges hold).
 pub(crate) fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
-    let f =
-        crate::scan::open_source(&node.path).map_err(|e| io_err(&node.path, "cannot open", e))?;
+    let f = crate::scan::open_source(&node.path)?;
     let mut buf = vec![0u8; BTRFS_MAX_COMPRESSED as usize];
     let mut hashes = Vec::new();
     for (off, len) in cut_ranges(runs) {
-        let len = len as usize;
-        let want = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
-        read_exact_at(&f, &node.path, &mut buf[..want], off, node.stat.size)?;
-        buf[want..len].fill(0);
-        hashes.push(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+        let buf = &mut buf[..len as usize];
+        read_padded(&f, node, off, buf)?;
+        hashes.push(xxhash_rust::xxh3::xxh3_128(buf));
     }
     check_size(&f, node)?;
     Ok(combine(hashes.into_iter()))
@@ -197,12 +194,7 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
             raw.resize(len, 0);
         }
         let raw = &mut raw[..len];
-        let f = crate::scan::open_source(&node.path)
-            .map_err(|e| io_err(&node.path, "cannot open", e))?;
-        let want = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
-        read_exact_at(&f, &node.path, &mut raw[..want], off, node.stat.size)?;
-        check_size(&f, node)?;
-        raw[want..].fill(0);
+        read_range_into(node, off, raw)?;
         let hash = if opts.dedupe {
             xxhash_rust::xxh3::xxh3_128(raw)
         } else {
@@ -275,8 +267,7 @@ fn write_batch(
                     file_offset,
                 } => {
                     let node = &scan.subvols[*subvol].nodes[*node];
-                    let f = crate::scan::open_source(&node.path)
-                        .map_err(|e| io_err(&node.path, "cannot open", e))?;
+                    let f = crate::scan::open_source(&node.path)?;
                     let mut done = 0u64;
                     while done < piece.len {
                         if fill == st.len() {
@@ -284,11 +275,8 @@ fn write_batch(
                             fill = 0;
                         }
                         let n = (piece.len - done).min((st.len() - fill) as u64) as usize;
-                        let at = file_offset + done;
-                        let want = (n as u64).min(node.stat.size.saturating_sub(at)) as usize;
                         let dst = &mut st[fill..fill + n];
-                        read_exact_at(&f, &node.path, &mut dst[..want], at, node.stat.size)?;
-                        dst[want..].fill(0);
+                        let want = read_padded(&f, node, file_offset + done, dst)?;
                         sector_sums(dst, opts, &mut sums);
                         progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
                         progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -307,8 +295,33 @@ fn write_batch(
     })
 }
 
-/// What identifies content for `--dedupe`: size, data runs and hash.
-pub(crate) type ContentKey = (u64, Vec<(u64, u64)>, u128);
+/// Owners of content for `--dedupe`, found in file order: content is
+/// known by size, data runs and hash.
+#[derive(Default)]
+pub(crate) struct Owners(HashMap<ContentKey, (usize, usize)>);
+
+/// Size, data runs and hash.
+type ContentKey = (u64, Vec<(u64, u64)>, u128);
+
+impl Owners {
+    /// The earlier file with this content, to confirm byte for byte; or
+    /// none, and `file`, the first with it, owns it.
+    pub(crate) fn claim(
+        &mut self,
+        size: u64,
+        runs: &[(u64, u64)],
+        hash: u128,
+        file: (usize, usize),
+    ) -> Option<(usize, usize)> {
+        match self.0.entry((size, runs.to_vec(), hash)) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(file);
+                None
+            }
+        }
+    }
+}
 
 /// The coordinator's state.
 struct Coordinator<'a> {
@@ -332,7 +345,7 @@ struct Coordinator<'a> {
     in_flight: usize,
     threads: usize,
     batch: Batch,
-    owners: HashMap<ContentKey, (usize, usize)>,
+    owners: Owners,
     out: Outcome,
     /// The first failure in file order: (slot, error). Files before it are
     /// still finished, so the error reported never depends on timing.
@@ -350,10 +363,7 @@ impl<'a> Coordinator<'a> {
     }
 
     fn runs(&self, si: usize, ni: usize) -> &[(u64, u64)] {
-        match &self.classes[si][ni] {
-            Class::Raw { runs } | Class::Compress { runs } => runs,
-            _ => &[],
-        }
+        self.classes[si][ni].runs()
     }
 
     fn state(&mut self, slot: usize) -> Option<&mut FileState> {
@@ -401,7 +411,7 @@ pub fn run(
         in_flight: 0,
         threads: pool.current_num_threads().max(1),
         batch: Batch::default(),
-        owners: HashMap::new(),
+        owners: Owners::default(),
         out: Outcome {
             per_node: scan
                 .subvols
@@ -743,13 +753,13 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
                 }
                 None => return Ok(()),
             };
-            let key = (co.node(si, ni).stat.size, co.runs(si, ni).to_vec(), hash);
-            if let Some(&owner) = co.owners.get(&key) {
+            let size = co.node(si, ni).stat.size;
+            let runs = co.classes[si][ni].runs();
+            if let Some(owner) = co.owners.claim(size, runs, hash, (si, ni)) {
                 co.window[0].confirming = Some(owner);
                 sp.confirm(co, slot, owner);
                 return Ok(());
             }
-            co.owners.insert(key, (si, ni));
             co.window[0].dedupe_done = true;
         }
         if co.window[0].raw {

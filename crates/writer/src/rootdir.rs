@@ -98,29 +98,13 @@ fn reserve(out: &Output, len: u64) -> Result<bool> {
     }
 }
 
-/// Phase timings on stderr when FORGE_MKFS_TIMING=1 (for profiling).
-struct Timing(Option<std::time::Instant>);
-
-impl Timing {
-    fn new() -> Self {
-        Timing(std::env::var_os("FORGE_MKFS_TIMING").map(|_| std::time::Instant::now()))
-    }
-
-    fn mark(&mut self, what: &str) {
-        if let Some(t) = self.0 {
-            eprintln!("timing: {what}: {:.3}s", t.elapsed().as_secs_f64());
-            self.0 = Some(std::time::Instant::now());
-        }
-    }
-}
-
 fn build(
     path: &Path,
     cfg: &MkfsConfig,
     opts: &RootdirOptions,
     pool: &rayon::ThreadPool,
 ) -> Result<MkfsReport> {
-    let mut timing = Timing::new();
+    let mut timing = crate::Timing::new(false);
     let tree = pool.install(|| scan(&opts.rootdir, &opts.scan))?;
     timing.mark("scan");
     let m = cfg.metadata_profile;

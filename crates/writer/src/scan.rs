@@ -158,10 +158,6 @@ impl Scan {
     }
 }
 
-fn source_err(path: &Path, what: &str, e: std::io::Error) -> Error {
-    Error::io(path, std::io::Error::new(e.kind(), format!("{what}: {e}")))
-}
-
 fn time(sec: i64, nsec: i64, clamp: Option<i64>) -> Time {
     match clamp {
         Some(c) if sec > c => Time { sec: c, nsec: 0 },
@@ -172,32 +168,38 @@ fn time(sec: i64, nsec: i64, clamp: Option<i64>) -> Time {
     }
 }
 
-/// Open a source file for reading. Files are read in inode order, so the
-/// previous file's directory is usually this one's: each thread keeps that
-/// directory open and looks up one name in it, not the whole path.
-pub fn open_source(path: &Path) -> std::io::Result<std::fs::File> {
+/// Open a source file for reading, or fail naming it. Files are read in
+/// inode order, so the previous file's directory is usually this one's: each
+/// thread keeps that directory open and looks up one name in it, not the
+/// whole path.
+pub fn open_source(path: &Path) -> Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags};
     use std::cell::RefCell;
     thread_local! {
         static DIR: RefCell<Option<(PathBuf, OwnedFd)>> = const { RefCell::new(None) };
     }
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return std::fs::File::open(path);
+    let open = || -> std::io::Result<std::fs::File> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return std::fs::File::open(path);
+        };
+        DIR.with_borrow_mut(|cache| {
+            let dir = match cache {
+                Some((p, fd)) if p == parent => fd,
+                _ => {
+                    let fd = rustix::fs::open(
+                        parent,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    &cache.insert((parent.to_path_buf(), fd)).1
+                }
+            };
+            let fd =
+                rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+            Ok(std::fs::File::from(fd))
+        })
     };
-    DIR.with_borrow_mut(|cache| {
-        if cache.as_ref().is_none_or(|(p, _)| p != parent) {
-            *cache = None;
-            let fd = rustix::fs::open(
-                parent,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            *cache = Some((parent.to_path_buf(), fd));
-        }
-        let (_, dir) = cache.as_ref().expect("just filled");
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(std::fs::File::from(fd))
-    })
+    open().map_err(|e| Error::source(path, "cannot open", e))
 }
 
 /// What the scan keeps of one `statx`: the attributes it stores, and what
@@ -225,7 +227,7 @@ fn lstat_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path, opts: &ScanOptions) -
         AtFlags::SYMLINK_NOFOLLOW,
         StatxFlags::BASIC_STATS | StatxFlags::BTIME,
     )
-    .map_err(|e| source_err(path, "cannot stat", e.into()))?;
+    .map_err(|e| Error::source(path, "cannot stat", e.into()))?;
     let c = opts.clamp;
     let t = |ts: rustix::fs::StatxTimestamp| time(ts.tv_sec, ts.tv_nsec as i64, c);
     let mode = x.stx_mode as u32;
@@ -308,7 +310,7 @@ fn read_xattrs_at(
                 Some(libc::ENOSYS | libc::EPERM) => LISTXATTRAT.store(false, Ordering::Relaxed),
                 Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
                 _ => {
-                    return Err(source_err(path, "cannot read extended attributes", e));
+                    return Err(Error::source(path, "cannot read extended attributes", e));
                 }
             }
         }
@@ -318,7 +320,8 @@ fn read_xattrs_at(
 
 /// Every xattr of `path` (not following a final symlink), sorted by name.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let err = |e: rustix::io::Errno| source_err(path, "cannot read extended attributes", e.into());
+    let err =
+        |e: rustix::io::Errno| Error::source(path, "cannot read extended attributes", e.into());
     let size = match rustix::fs::llistxattr_query(path) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
@@ -355,7 +358,7 @@ fn kind_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path, mode: u32) -> Result<K
         S_IFREG => Kind::File,
         S_IFLNK => Kind::Symlink {
             target: rustix::fs::readlinkat(dir, name, Vec::new())
-                .map_err(|e| source_err(path, "cannot read symlink", e.into()))?
+                .map_err(|e| Error::source(path, "cannot read symlink", e.into()))?
                 .into_bytes(),
         },
         _ => Kind::Special,
@@ -371,7 +374,7 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<OwnedFd>
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| source_err(path, "cannot read directory", e.into()))
+    .map_err(|e| Error::source(path, "cannot read directory", e.into()))
 }
 
 /// The names in directory `fd`, sorted by bytes.
@@ -380,7 +383,7 @@ fn sorted_entries(fd: BorrowedFd<'_>, dir: &Path) -> Result<Vec<CString>> {
     let mut rd = rustix::fs::RawDir::new(fd, &mut buf);
     let mut names = Vec::new();
     while let Some(e) = rd.next() {
-        let e = e.map_err(|e| source_err(dir, "cannot read directory", e.into()))?;
+        let e = e.map_err(|e| Error::source(dir, "cannot read directory", e.into()))?;
         let n = e.file_name();
         if n != c"." && n != c".." {
             names.push(n.to_owned());
@@ -441,7 +444,7 @@ fn read_listing(fd: BorrowedFd<'_>, dir: &Path, opts: &ScanOptions) -> Result<Ve
 /// Walk `root` and build the inode graph.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let root_md = std::fs::symlink_metadata(root)
-        .map_err(|e| source_err(root, "cannot access --rootdir", e))?;
+        .map_err(|e| Error::source(root, "cannot access --rootdir", e))?;
     if !root_md.is_dir() {
         return Err(Error::InvalidOption(format!(
             "--rootdir {}: not a directory",
@@ -459,7 +462,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
                     p.display()
                 )))
             }
-            Err(e) => return Err(source_err(&p, "--subvol directory", e)),
+            Err(e) => return Err(Error::source(&p, "--subvol directory", e)),
         }
     }
     if opts.subvols.iter().filter(|s| s.default).count() > 1 {
