@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use btrfs_check::{Options, Progress, Report, Severity};
 use clap::Parser;
@@ -50,13 +50,10 @@ struct Args {
 /// A progress bar on stderr.
 struct Bar {
     bar: indicatif::ProgressBar,
-    phase: Mutex<String>,
 }
 
 impl Progress for Bar {
     fn phase(&self, name: &str, total: u64) {
-        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        *p = name.to_string();
         self.bar.set_position(0);
         if total == 0 {
             self.bar.set_length(0);
@@ -116,7 +113,6 @@ fn main() -> ExitCode {
     let bar = show_bar.then(|| {
         Arc::new(Bar {
             bar: indicatif::ProgressBar::new_spinner(),
-            phase: Mutex::new(String::new()),
         })
     });
     let opts = Options {

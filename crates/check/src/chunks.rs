@@ -124,12 +124,6 @@ fn stripe_length(c: &Chunk) -> Option<u64> {
     })
 }
 
-fn encode(c: &ChunkWithStripes) -> Vec<u8> {
-    let mut v = Vec::new();
-    c.encode(&mut v);
-    v
-}
-
 pub(crate) fn check(ctx: &Ctx<'_>, w: &Walked, bgs: &BlockGroups) {
     let ct = BTRFS_CHUNK_TREE_OBJECTID;
     let err = |kind: Kind, msg: String, key: Option<Key>| {
@@ -218,7 +212,7 @@ pub(crate) fn check(ctx: &Ctx<'_>, w: &Walked, bgs: &BlockGroups) {
                         ),
                         Some(*k),
                     )),
-                    Some(tc) if encode(tc) != encode(c) => ctx.sink.push(err(
+                    Some(tc) if tc != c => ctx.sink.push(err(
                         Kind::ChunkInvalid,
                         format!(
                             "sys_chunk_array chunk {} differs from the chunk tree's",

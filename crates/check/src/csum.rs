@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::extents::Extents;
 use crate::finding::{Finding, Kind};
 use crate::fs::FsOut;
-use crate::fst::{normalize, subtract, Ranges};
+use crate::fst::{normalize, show, subtract, Ranges};
 use crate::{items, Ctx, Walked};
 
 /// One csum item: checksums of the sectors from `start`.
@@ -26,14 +26,6 @@ struct Unit<'a> {
     start: u64,
     len: u64,
     sums: &'a [u8],
-}
-
-fn show(r: &Ranges) -> String {
-    let mut s: Vec<String> = r.iter().take(4).map(|(a, b)| format!("{a}..{b}")).collect();
-    if r.len() > 4 {
-        s.push(format!("and {} more", r.len() - 4));
-    }
-    s.join(", ")
 }
 
 thread_local! {
@@ -137,7 +129,6 @@ pub(crate) fn check(
     let ct = BTRFS_CSUM_TREE_OBJECTID;
     let ss = ctx.sectorsize;
     let cs = ctx.csum.size();
-    let mut list: Vec<CsumItem<'_>> = Vec::new();
     let mut covered: Ranges = Vec::new();
     if let Some(t) = w.tree(ct) {
         let mut prev_end = 0u64;
@@ -179,10 +170,6 @@ pub(crate) fn check(
             }
             prev_end = prev_end.max(end);
             covered.push((k.offset, end));
-            list.push(CsumItem {
-                start: k.offset,
-                sums: it.data,
-            });
         }
     }
     let covered = normalize(covered);
@@ -249,7 +236,7 @@ pub(crate) fn check(
         return;
     }
     for p in problems {
-        let (user, path) = who(ctx, ext, fs, p.at);
+        let (user, path) = who(ext, fs, p.at);
         let mut f = Finding::error(p.kind, p.msg).bytenr(p.at).path(path);
         if let Some((t, ino)) = user {
             f = f.tree(t).ino(ino);
@@ -296,8 +283,7 @@ fn with_bytes<R>(
     }
 }
 
-fn who(ctx: &Ctx<'_>, ext: &Extents, fs: &FsOut, at: u64) -> (Option<(u64, u64)>, Option<String>) {
-    let _ = ctx;
+fn who(ext: &Extents, fs: &FsOut, at: u64) -> (Option<(u64, u64)>, Option<String>) {
     let i = ext.extents.partition_point(|e| e.start <= at);
     let Some(e) = i.checked_sub(1).and_then(|i| ext.extents.get(i)) else {
         return (None, None);

@@ -110,7 +110,7 @@ pub(crate) fn check(ctx: &Ctx<'_>, w: &Walked) -> FsOut {
                 || t.spec.id == BTRFS_DATA_RELOC_TREE_OBJECTID
         })
         .collect();
-    let outs: Vec<TreeOut> = trees.par_iter().map(|t| check_tree(ctx, w, t)).collect();
+    let outs: Vec<TreeOut> = trees.par_iter().map(|t| check_tree(ctx, t)).collect();
     let mut out = FsOut::default();
     let mut links = Vec::new();
     for (t, o) in trees.iter().zip(outs) {
@@ -151,7 +151,7 @@ fn path_of(parents: &HashMap<u64, (u64, Box<[u8]>)>, root: u64, ino: u64) -> Opt
     None
 }
 
-fn check_tree(ctx: &Ctx<'_>, w: &Walked, t: &WalkedTree) -> TreeOut {
+fn check_tree(ctx: &Ctx<'_>, t: &WalkedTree) -> TreeOut {
     let tree = t.spec.id;
     let no_holes = ctx.incompat(BTRFS_FEATURE_INCOMPAT_NO_HOLES);
     let root_dir = ctx
@@ -162,7 +162,6 @@ fn check_tree(ctx: &Ctx<'_>, w: &Walked, t: &WalkedTree) -> TreeOut {
         .map(|(_, ri)| ri.root_dirid.get())
         .filter(|&d| d != 0)
         .unwrap_or(BTRFS_FIRST_FREE_OBJECTID);
-    let _ = w;
     let mut inodes: HashMap<u64, Inode> = HashMap::new();
     let mut refs: Vec<NameRef> = Vec::new();
     let mut dir_items: Vec<DirEnt> = Vec::new();

@@ -52,7 +52,8 @@ pub(crate) fn subtract(a: &Ranges, b: &Ranges) -> Ranges {
     out
 }
 
-fn show(r: &Ranges) -> String {
+/// The first few ranges of `r`, for a finding's message.
+pub(crate) fn show(r: &Ranges) -> String {
     let mut s: Vec<String> = r.iter().take(4).map(|(a, b)| format!("{a}..{b}")).collect();
     if r.len() > 4 {
         s.push(format!("and {} more", r.len() - 4));

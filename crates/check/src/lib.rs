@@ -449,7 +449,6 @@ fn walk_everything(ctx: &Ctx<'_>) -> Walked {
     let mut first = vec![
         TreeSpec {
             id: BTRFS_ROOT_TREE_OBJECTID,
-            key_offset: 0,
             root: img.root_tree(),
             kind: TreeKind::Normal,
             dead: false,
@@ -457,7 +456,6 @@ fn walk_everything(ctx: &Ctx<'_>) -> Walked {
         },
         TreeSpec {
             id: BTRFS_CHUNK_TREE_OBJECTID,
-            key_offset: 0,
             root: img.chunk_root(),
             kind: TreeKind::Normal,
             dead: false,
@@ -467,7 +465,6 @@ fn walk_everything(ctx: &Ctx<'_>) -> Walked {
     if sb.log_root.get() != 0 {
         first.push(TreeSpec {
             id: BTRFS_TREE_LOG_OBJECTID,
-            key_offset: 0,
             root: Root {
                 tree_id: BTRFS_TREE_LOG_OBJECTID,
                 bytenr: sb.log_root.get(),
@@ -545,7 +542,6 @@ fn walk_everything(ctx: &Ctx<'_>) -> Walked {
             }
             specs.push(TreeSpec {
                 id,
-                key_offset: it.key.offset,
                 root: Root {
                     tree_id: id,
                     bytenr,

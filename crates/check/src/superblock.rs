@@ -1,6 +1,7 @@
 //! The superblock and its mirrors: magic, checksum, sizes, flags, backup roots.
 use btrfs_format::consts::*;
 use btrfs_format::{CsumType, SuperBlock};
+use btrfs_image::dump::hex;
 
 use crate::finding::{Finding, Kind, Severity, Sink};
 use crate::Ctx;
@@ -35,10 +36,6 @@ pub(crate) fn read_copies(
         });
     }
     Ok(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Magic, checksum and self-location of one copy.

@@ -14,6 +14,7 @@ use btrfs_format::consts::*;
 use btrfs_format::items::*;
 use btrfs_format::tree::TreeBlock;
 use btrfs_format::*;
+use btrfs_image::dump::hex;
 use btrfs_image::Root;
 use rayon::prelude::*;
 
@@ -37,9 +38,6 @@ pub(crate) enum TreeKind {
 pub(crate) struct TreeSpec {
     /// Tree id as blocks and references name it.
     pub id: u64,
-    /// Offset of the ROOT_ITEM key (subvolume of a log/reloc tree, snapshot transid).
-    #[allow(dead_code)]
-    pub key_offset: u64,
     pub root: Root,
     pub kind: TreeKind,
     /// A subvolume being deleted: walked (its blocks are still allocated) but
@@ -239,7 +237,6 @@ impl Shared {
 struct Pending {
     bytenr: u64,
     parent: Option<u64>,
-    parent_owner: u64,
     level: u8,
     generation: u64,
     lo: Option<Key>,
@@ -283,7 +280,6 @@ fn walk_tree(ctx: &Ctx<'_>, idx: usize, spec: &TreeSpec, shared: &Shared) -> (Wa
     let mut level = vec![Pending {
         bytenr: spec.root.bytenr,
         parent: None,
-        parent_owner: spec.id,
         level: spec.root.level,
         generation: spec.root.generation,
         lo: None,
@@ -358,10 +354,6 @@ fn dedup_level(ctx: &Ctx<'_>, spec: &TreeSpec, mut next: Vec<Pending>) -> Vec<Pe
     next
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Problems of one physical copy that make it unusable.
 fn verify_copy(ctx: &Ctx<'_>, b: &[u8], bytenr: u64) -> Result<(), (Kind, String)> {
     let h = Header::read(b).map_err(|e| (Kind::TreeBlockUnreadable, e.to_string()))?;
@@ -414,12 +406,13 @@ fn verify_copy(ctx: &Ctx<'_>, b: &[u8], bytenr: u64) -> Result<(), (Kind, String
     Ok(())
 }
 
-fn owner_ok(spec: &TreeSpec, owner: u64) -> bool {
-    match spec.kind {
+/// Whether a block owned by `owner` may sit in tree `id` of this kind.
+fn owner_ok(kind: TreeKind, id: u64, owner: u64) -> bool {
+    match kind {
         TreeKind::Reloc => true,
         TreeKind::Log => owner == BTRFS_TREE_LOG_OBJECTID,
         TreeKind::Subvol => is_subvol_id(owner) || owner == BTRFS_TREE_RELOC_OBJECTID,
-        TreeKind::Normal => owner == spec.id,
+        TreeKind::Normal => owner == id,
     }
 }
 
@@ -584,7 +577,7 @@ fn visit(ctx: &Ctx<'_>, idx: usize, spec: &TreeSpec, p: &Pending, shared: &Share
             format!("tree block {b} has generation {gen}, newer than the superblock's {max_gen}"),
         );
     }
-    if !owner_ok(spec, owner) {
+    if !owner_ok(spec.kind, spec.id, owner) {
         err(
             Kind::TreeBlockHeader,
             format!(
@@ -617,7 +610,7 @@ fn visit(ctx: &Ctx<'_>, idx: usize, spec: &TreeSpec, p: &Pending, shared: &Share
     }
     if tb.level() == 0 {
         if spec.kind != TreeKind::Log {
-            data_refs(ctx, &tb, b, owner, tree, &mut out.data_refs);
+            data_refs(&tb, b, owner, tree, &mut out.data_refs);
         }
         shared.set_content(b, Content::Leaf(phys));
         return (Visit::Leaf(LeafRef { bytenr: b, phys }), out);
@@ -662,7 +655,6 @@ fn visit(ctx: &Ctx<'_>, idx: usize, spec: &TreeSpec, p: &Pending, shared: &Share
         children.push(Pending {
             bytenr: child,
             parent: Some(b),
-            parent_owner: owner,
             level: h.level - 1,
             generation: cgen,
             lo: Some(k),
@@ -671,7 +663,6 @@ fn visit(ctx: &Ctx<'_>, idx: usize, spec: &TreeSpec, p: &Pending, shared: &Share
             depth,
         });
     }
-    let _ = p.parent_owner;
     shared.set_content(
         b,
         Content::Node(h.level, children.iter().map(|c| c.bytenr).collect()),
@@ -753,7 +744,6 @@ fn check_structure(
         }
     }
     let mut prev: Option<Key> = None;
-    let mut ok = true;
     for i in 0..n {
         let Ok(k) = tb.key_at(i) else {
             push(
@@ -770,7 +760,6 @@ fn check_structure(
                     format!("block {b} slot {i}: key {k} is not above the previous key {pk}"),
                     Some(k),
                 );
-                ok = false;
             }
         }
         if i == 0 {
@@ -784,7 +773,6 @@ fn check_structure(
                         ),
                         Some(k),
                     );
-                    ok = false;
                 }
             }
         }
@@ -798,7 +786,6 @@ fn check_structure(
                     ),
                     Some(k),
                 );
-                ok = false;
             }
         }
         prev = Some(k);
@@ -835,7 +822,6 @@ fn check_structure(
         return false;
     }
     // Out-of-order items are reported; the block's items are still used.
-    let _ = ok;
     true
 }
 
@@ -968,15 +954,7 @@ pub(crate) fn check_item_size(ctx: &Ctx<'_>, key: Key, p: &[u8]) -> Result<(), S
 }
 
 /// References from a leaf's file extents to data extents.
-fn data_refs(
-    ctx: &Ctx<'_>,
-    tb: &TreeBlock<'_>,
-    leaf: u64,
-    owner: u64,
-    tree: u64,
-    out: &mut Vec<DataRefRaw>,
-) {
-    let _ = ctx;
+fn data_refs(tb: &TreeBlock<'_>, leaf: u64, owner: u64, tree: u64, out: &mut Vec<DataRefRaw>) {
     for i in 0..tb.nritems() {
         let Ok(it) = tb.item(i) else { continue };
         if it.key.item_type != BTRFS_EXTENT_DATA_KEY {
@@ -1033,20 +1011,7 @@ pub(crate) fn finish(ctx: &Ctx<'_>, shared: Shared) -> HashMap<u64, BlockMeta> {
             continue;
         };
         let mut probs = Vec::new();
-        let spec = TreeSpec {
-            id: d.tree,
-            key_offset: 0,
-            root: btrfs_image::Root {
-                tree_id: d.tree,
-                bytenr: 0,
-                level: 0,
-                generation: 0,
-            },
-            kind: d.kind,
-            dead: false,
-            drop: None,
-        };
-        if !owner_ok(&spec, m.owner) {
+        if !owner_ok(d.kind, d.tree, m.owner) {
             probs.push((
                 Kind::TreeBlockHeader,
                 format!(
