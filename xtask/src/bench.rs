@@ -42,10 +42,10 @@ fn have(prog: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Deterministic pseudo-random numbers.
-struct Rng(u64);
+/// Deterministic pseudo-random numbers (xorshift).
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -179,17 +179,7 @@ fn tree_bytes(dir: &Path) -> (u64, u64) {
 
 /// Read every file (warms the page cache; returns the rate).
 fn read_all(dir: &Path) -> f64 {
-    let mut paths = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                paths.push(e.path());
-            }
-        }
-    }
+    let paths = all_files(dir);
     let t = Instant::now();
     let mut buf = vec![0u8; MIB as usize];
     let mut n = 0u64;
@@ -206,7 +196,7 @@ fn read_all(dir: &Path) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Every file of the tree (sorted), for limit measurements.
+/// Every regular file of the tree (sorted).
 fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -373,7 +363,7 @@ fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -606,25 +596,24 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     // Report.
-    let med = |i: usize| -> Option<(f64, u64, u64, u64)> {
-        let s = &samples[i];
-        if s.is_empty() {
-            return None;
-        }
-        let mut t: Vec<f64> = s.iter().map(|x| x.secs).collect();
-        Some((
-            median(&mut t),
-            s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
-            s[0].size,
-            s[0].alloc,
-        ))
-    };
     // Every run's time, sorted: on a VM one slow run in three decides a
     // median, and the range shows it.
     let times = |i: usize| -> Vec<f64> {
         let mut t: Vec<f64> = samples[i].iter().map(|x| x.secs).collect();
         t.sort_by(|a, b| a.total_cmp(b));
         t
+    };
+    let med = |i: usize| -> Option<(f64, u64, u64, u64)> {
+        let s = &samples[i];
+        if s.is_empty() {
+            return None;
+        }
+        Some((
+            median(&mut times(i)),
+            s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
+            s[0].size,
+            s[0].alloc,
+        ))
     };
     let find = |name: &str| tools.iter().position(|t| t.name == name).and_then(med);
     let reference = find("mkfs.btrfs --rootdir --shrink");

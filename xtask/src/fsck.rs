@@ -71,13 +71,8 @@ fn drop_caches() {
 /// inline), the rest in 64 MiB files; deterministic content.
 fn generate_tree(dir: &Path, bytes: u64) -> Result<()> {
     use std::io::Write;
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut rng = crate::bench::Rng(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.next();
     let small_target = bytes / 4;
     let (mut small, mut big) = (0u64, 0u64);
     let mut i = 0u64;
@@ -203,10 +198,7 @@ pub fn bench_fsck(args: &[String]) -> Result<()> {
                 .arg(&image),
         )?);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    use crate::bench::median;
     let (o, t) = (median(&mut ours), median(&mut theirs));
     println!(
         "bench-fsck: {gib:.2} GiB image, median of {} runs: forge-fsck {o:.2} s, btrfs check --readonly --check-data-csum {t:.2} s, ratio {:.2}",

@@ -14,23 +14,7 @@ fn is_root() -> bool {
     oracle::run(Command::new("id").arg("-u")).stdout == b"0\n"
 }
 
-/// Pseudo-random bytes; `text` makes them compressible.
-fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        if text {
-            v.extend_from_slice(format!("line {} of seed {seed}\n", s % 1000).as_bytes());
-        } else {
-            v.extend_from_slice(&s.to_le_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
+use oracle::bytes;
 
 fn write(p: &Path, data: &[u8]) {
     std::fs::write(p, data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -781,7 +765,7 @@ fn real_tree_rust_toolchain() {
 /// The README's main job on the example tree this repository ships.
 #[test]
 fn readme_example_tree() {
-    let tree = oracle::workspace_root().join("testdata/example-tree");
+    let tree = oracle::testdata("example-tree");
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("example.img");
     import(

@@ -3,11 +3,9 @@
 //! `btrfs check --readonly --check-data-csum` must agree that the image is damaged.
 mod common;
 
-use std::path::Path;
-
 use btrfs_check::{check_bytes, Kind, Options};
 use btrfs_image::btrfs_format::consts::*;
-use btrfs_image::btrfs_format::{CsumType, Key};
+use btrfs_image::btrfs_format::CsumType;
 use common::*;
 
 type Damage = fn(&mut Img);
@@ -40,11 +38,8 @@ fn fs_item(img: &Img, path: &str, t: u8) -> ItemLoc {
 
 fn dir_entry(img: &Img, dir: &str, name: &str, t: u8) -> ItemLoc {
     let d = ino(img, dir);
-    let img2 = img.image();
     let locs = img.find_all(5, |k| k.objectid == d && k.item_type == t);
     for l in locs {
-        let data = img2.bytes();
-        let _ = data;
         let p = read_payload(img, l);
         if p.len() >= 30
             && &p[30..30 + u16::from_le_bytes([p[27], p[28]]) as usize] == name.as_bytes()
@@ -594,15 +589,9 @@ fn every_damage_is_found_and_btrfs_check_agrees() {
     for c in &cases {
         assert!(names.insert(c.name), "duplicate case {}", c.name);
         let mut img = match c.base {
-            Base::A => Img {
-                bytes: a.bytes.clone(),
-            },
-            Base::B => Img {
-                bytes: b.bytes.clone(),
-            },
-            Base::Kernel => Img {
-                bytes: k.bytes.clone(),
-            },
+            Base::A => a.clone(),
+            Base::B => b.clone(),
+            Base::Kernel => k.clone(),
         };
         (c.damage)(&mut img);
         let r = check_bytes(img.bytes.clone(), &opts);
@@ -671,8 +660,6 @@ fn forge_fsck_is_path_independent() {
     let b = check_bytes(img.bytes.clone(), &Options::default());
     assert_eq!(kinds(&a), kinds(&b));
     assert!(a.has(Kind::InodeNlink));
-    let _ = Key::MIN;
-    let _: &Path = &p;
 }
 
 /// Damage that `btrfs check` does not look for (it reads the first good copy),
@@ -692,9 +679,7 @@ fn damage_to_the_second_dup_copy_is_found() {
     let copies = base.copies(l.leaf, ns as u64);
     assert_eq!(copies.len(), 2, "DUP metadata");
     // A flipped bit in copy 2 only.
-    let mut img = Img {
-        bytes: base.bytes.clone(),
-    };
+    let mut img = base.clone();
     img.bytes[copies[1] + 3000] ^= 0x80;
     let r = check_bytes(img.bytes.clone(), &Options::default());
     assert!(r.has(Kind::TreeBlockChecksum), "{}", show(&r));
@@ -704,9 +689,7 @@ fn damage_to_the_second_dup_copy_is_found() {
         show(&r)
     );
     // Copy 2 holds an older, valid version of the block (generation differs).
-    let mut img = Img {
-        bytes: base.bytes.clone(),
-    };
+    let mut img = base.clone();
     let c = copies[1];
     let g = le64(&img.bytes[c..], 80);
     put64(&mut img.bytes[c..], 80, g - 1);

@@ -155,18 +155,7 @@ fn kernel_written_images_are_clean() {
     ] {
         let mut cfg = config(csum, nodesize, true);
         cfg.byte_count = Some(1 << 30);
-        let src = dir.path().join(format!("src-{nodesize}"));
-        make_tree(&src, 100, true);
-        let img = dir.path().join(format!("k-{nodesize}.img"));
-        let mut ro = btrfs_writer::RootdirOptions::new(&src);
-        ro.threads = 2;
-        ro.scan.subvols.push(btrfs_writer::scan::SubvolSpec {
-            rel: "vol".into(),
-            readonly: false,
-            default: false,
-        });
-        cfg.force = true;
-        btrfs_writer::make_rootdir_filesystem(&img, &cfg, &ro).unwrap();
+        let img = writer_image(dir.path(), &format!("k-{nodesize}"), &cfg, 100, true);
         {
             let m = Mount::new(&img, opts);
             if pass == 1 {

@@ -260,10 +260,10 @@ pub fn churn(root: &Path, mib: usize) {
 /// Does `img` carry a btrfs superblock magic at 64 KiB? A failed run must
 /// never leave one behind.
 pub fn looks_like_btrfs(img: &Path) -> bool {
-    let Ok(b) = std::fs::read(img) else {
-        return false;
-    };
-    b.len() >= 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(img).is_ok_and(|f| f.read_exact_at(&mut magic, 0x10040).is_ok())
+        && &magic == b"_BHRfS_M"
 }
 
 /// Root of the workspace (for fixtures in testdata/).
@@ -272,4 +272,34 @@ pub fn workspace_root() -> PathBuf {
     p.pop();
     p.pop();
     p
+}
+
+/// A path under the repository's `testdata/`.
+pub fn testdata(name: &str) -> PathBuf {
+    workspace_root().join("testdata").join(name)
+}
+
+/// A committed fixture image (`testdata/NAME.img.zst`), decompressed in memory.
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    let z = std::fs::read(testdata(&format!("{name}.img.zst"))).expect("fixture present");
+    zstd::stream::decode_all(&z[..]).expect("fixture decompresses")
+}
+
+/// Deterministic pseudo-random bytes (xorshift); `text` makes them
+/// compressible.
+pub fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 32);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        if text {
+            v.extend_from_slice(format!("line {} of seed {seed}\n", s % 1000).as_bytes());
+        } else {
+            v.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+    v.truncate(len);
+    v
 }

@@ -19,35 +19,9 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-/// A committed fixture image, decompressed in memory.
-pub fn fixture_bytes(name: &str) -> Vec<u8> {
-    let z = std::fs::read(testdata(&format!("{name}.img.zst"))).expect("fixture present");
-    zstd::stream::decode_all(&z[..]).expect("fixture decompresses")
-}
-
-/// Pseudo-random bytes; `text` makes them compressible.
-pub fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        if text {
-            v.extend_from_slice(format!("line {} of seed {seed}\n", s % 1000).as_bytes());
-        } else {
-            v.extend_from_slice(&s.to_le_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
+// Not every test file uses each.
+#[allow(unused_imports)]
+pub use forge_oracle::{bytes, fixture_bytes, testdata};
 
 pub fn write(p: &Path, data: &[u8]) {
     std::fs::write(p, data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

@@ -11,34 +11,9 @@ use btrfs_image::Image;
 use btrfs_writer::scan::SubvolSpec;
 use btrfs_writer::{MkfsConfig, RootdirOptions};
 
-pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-pub fn fixture_bytes(name: &str) -> Vec<u8> {
-    let z = std::fs::read(testdata(&format!("{name}.img.zst"))).expect("fixture present");
-    zstd::stream::decode_all(&z[..]).expect("fixture decompresses")
-}
-
-/// Deterministic pseudo-random bytes; `text` makes them compressible.
-pub fn bytes(seed: u64, len: usize, text: bool) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v = Vec::with_capacity(len + 32);
-    while v.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        if text {
-            v.extend_from_slice(format!("line {} of seed {seed}\n", s % 1000).as_bytes());
-        } else {
-            v.extend_from_slice(&s.to_le_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
+// Not every test file uses each.
+#[allow(unused_imports)]
+pub use forge_oracle::{bytes, fixture_bytes};
 
 /// A small tree with every kind of inode: inline, multi-sector and large files,
 /// directories, a symlink, hard links, xattrs, an empty file; `files` extra small
@@ -99,7 +74,9 @@ pub fn writer_image(
     make_tree(&src, files, subvol);
     let img = dir.join(format!("{name}.img"));
     let mut opts = RootdirOptions::new(&src);
-    opts.shrink = true;
+    // Cut to size unless the size is given (then with the usual metadata
+    // room, for kernel writes).
+    opts.shrink = cfg.byte_count.is_none();
     opts.threads = 2;
     if subvol {
         opts.scan.subvols.push(SubvolSpec {
@@ -150,6 +127,7 @@ pub struct ItemLoc {
 }
 
 /// An image in memory, with tools to damage it precisely.
+#[derive(Clone)]
 pub struct Img {
     pub bytes: Vec<u8>,
 }

@@ -3,24 +3,16 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use btrfs_image::btrfs_format::consts::*;
 use btrfs_image::btrfs_format::CsumType;
 use btrfs_image::Image;
 
-pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-/// A committed fixture image, decompressed in memory.
-pub fn fixture_bytes(name: &str) -> Vec<u8> {
-    let z = std::fs::read(testdata(&format!("{name}.img.zst"))).expect("fixture present");
-    zstd::stream::decode_all(&z[..]).expect("fixture decompresses")
-}
+// Not every test file uses each.
+#[allow(unused_imports)]
+pub use forge_oracle::{fixture_bytes, testdata};
 
 pub fn sha256_hex(data: &[u8]) -> String {
     CsumType::Sha256
