@@ -64,23 +64,36 @@ impl Error {
 /// each mark prints the time since the previous one; `sub` indents the
 /// phases inside a phase.
 pub(crate) struct Timing {
-    last: Option<std::time::Instant>,
+    /// Wall clock and process CPU time at the last mark.
+    last: Option<(std::time::Instant, std::time::Duration)>,
     sub: bool,
+}
+
+/// CPU time of the whole process (all threads): a phase whose CPU time is
+/// well under its wall time times the thread count leaves cores idle.
+fn process_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 impl Timing {
     pub(crate) fn new(sub: bool) -> Self {
         Timing {
-            last: std::env::var_os("FORGE_MKFS_TIMING").map(|_| std::time::Instant::now()),
+            last: std::env::var_os("FORGE_MKFS_TIMING")
+                .map(|_| (std::time::Instant::now(), process_cpu())),
             sub,
         }
     }
 
     pub(crate) fn mark(&mut self, what: &str) {
-        if let Some(t) = self.last {
+        if let Some((t, c)) = self.last {
             let indent = if self.sub { "  " } else { "" };
-            eprintln!("timing: {indent}{what}: {:.3}s", t.elapsed().as_secs_f64());
-            self.last = Some(std::time::Instant::now());
+            eprintln!(
+                "timing: {indent}{what}: {:.3}s (cpu {:.3}s)",
+                t.elapsed().as_secs_f64(),
+                (process_cpu().saturating_sub(c)).as_secs_f64()
+            );
+            self.last = Some((std::time::Instant::now(), process_cpu()));
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::{Error, Result};
 
 pub struct Output {
     file: File,
+    /// The thread that starts writeback of finished ranges (see
+    /// `start_writeback`), started on first use.
+    writeback: std::sync::Mutex<Option<Writeback>>,
     pub path: PathBuf,
     /// Bytes of the filesystem (not necessarily of the file or device).
     pub size: u64,
@@ -120,6 +123,7 @@ impl Output {
         }
         let out = Output {
             file,
+            writeback: std::sync::Mutex::new(None),
             path: path.into(),
             size,
             is_block_device,
@@ -143,19 +147,32 @@ impl Output {
         self.sync()
     }
 
-    /// Start writing `[offset, offset+len)` back to disk now, so the final
-    /// flush has less left to do.
+    /// Start writing `[offset, offset+len)` back to disk soon, so the final
+    /// flush has less left to do. The request goes to a thread of its own:
+    /// `sync_file_range` can sleep in the block layer's writeback throttling,
+    /// and a worker sleeping there leaves its core idle (measured: a third
+    /// of the data pipeline's wall time).
     pub fn start_writeback(&self, offset: u64, len: u64) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on our own open descriptor; the result is
-        // only advice, so it is ignored.
-        unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+        let mut wb = self.writeback.lock().unwrap_or_else(|p| p.into_inner());
+        if wb.is_none() {
+            // Without a second descriptor (or a thread) the ranges are
+            // simply left to the kernel's own writeback.
+            *wb = self.file.try_clone().ok().and_then(Writeback::start);
+        }
+        if let Some(w) = wb.as_ref() {
+            let _ = w.tx.send((offset, len));
+        }
+    }
+
+    /// Wait for the writeback thread to have started every range asked for.
+    fn stop_writeback(&self) {
+        let w = self
+            .writeback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = w {
+            w.stop();
         }
     }
 
@@ -190,6 +207,7 @@ impl Output {
     }
 
     pub fn sync(&self) -> Result<()> {
+        self.stop_writeback();
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
@@ -207,6 +225,65 @@ impl Output {
             bytes[..BTRFS_CSUM_SIZE].copy_from_slice(&c);
             self.write_at(copy.as_bytes(), off)?;
         }
+        self.stop_writeback();
         self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.stop_writeback();
+    }
+}
+
+/// A thread that calls `sync_file_range(SYNC_FILE_RANGE_WRITE)` on ranges
+/// sent to it, merging neighbours that arrived together.
+struct Writeback {
+    tx: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writeback {
+    fn start(file: File) -> Option<Writeback> {
+        use std::os::fd::AsRawFd;
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                let mut pending = Vec::new();
+                while let Ok(r) = rx.recv() {
+                    pending.push(r);
+                    pending.extend(rx.try_iter());
+                    pending.sort_unstable();
+                    let mut i = 0;
+                    while i < pending.len() {
+                        let (start, mut end) = (pending[i].0, pending[i].0 + pending[i].1);
+                        i += 1;
+                        while i < pending.len() && pending[i].0 <= end {
+                            end = end.max(pending[i].0 + pending[i].1);
+                            i += 1;
+                        }
+                        // SAFETY: a plain syscall on a descriptor this
+                        // thread owns. The result is only advice: a write
+                        // error shows up in the final flush, which is checked.
+                        unsafe {
+                            libc::sync_file_range(
+                                file.as_raw_fd(),
+                                start as libc::off64_t,
+                                (end - start) as libc::off64_t,
+                                libc::SYNC_FILE_RANGE_WRITE,
+                            );
+                        }
+                    }
+                    pending.clear();
+                }
+            })
+            .ok()?;
+        Some(Writeback { tx, thread })
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 }
