@@ -192,6 +192,75 @@ pub fn compress_extent(c: &Compression, input: &[u8], sectorsize: usize) -> Resu
     Ok(z)
 }
 
+/// The kernel's guess, before compressing a range, whether it is worth
+/// trying (`btrfs_compress_heuristic`): it looks at 16 bytes of every 256 of
+/// the range's file data (at most 128 KiB) and says yes for a sample whose
+/// second half repeats its first, that uses under 64 byte values, whose 64
+/// commonest values make up 90% of it, or whose byte entropy is under 80%;
+/// no when 200 values are needed to cover 90% (random or already compressed
+/// data) or the entropy is higher. Skipping those ranges saves most of the
+/// compressor's time on incompressible data.
+pub fn heuristic_says_compress(data: &[u8]) -> bool {
+    const READ: usize = 16;
+    const INTERVAL: usize = 256;
+    const SET_THRESHOLD: usize = 64;
+    const CORE_LOW: usize = 64;
+    const CORE_HIGH: usize = 200;
+    const ENTROPY_HIGH: u64 = 80;
+    let data = &data[..data.len().min(BTRFS_MAX_COMPRESSED as usize)];
+    let mut sample = [0u8; BTRFS_MAX_COMPRESSED as usize / INTERVAL * READ];
+    let mut n = 0;
+    let mut at = 0;
+    while at + READ <= data.len() {
+        sample[n..n + READ].copy_from_slice(&data[at..at + READ]);
+        n += READ;
+        at += INTERVAL;
+    }
+    let sample = &sample[..n];
+    let half = n / 2;
+    if sample[..half] == sample[half..2 * half] {
+        return true;
+    }
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[b as usize] += 1;
+    }
+    if counts.iter().filter(|&&c| c > 0).count() < SET_THRESHOLD {
+        return true;
+    }
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    // How many of the commonest values cover 90% of the sample: the kernel
+    // counts the first 64 at once, then one by one up to 200.
+    let threshold = n as u64 * 90 / 100;
+    let mut sum: u64 = counts[..CORE_LOW].iter().map(|&c| c as u64).sum();
+    let mut core = CORE_LOW;
+    if sum <= threshold {
+        while core < CORE_HIGH && counts[core] > 0 {
+            sum += counts[core] as u64;
+            if sum > threshold {
+                break;
+            }
+            core += 1;
+        }
+        if core >= CORE_HIGH {
+            return false;
+        }
+        if core > CORE_LOW {
+            // Shannon entropy in percent of 8 bits per byte, with the
+            // kernel's integer log2 of fourth powers.
+            let log4 = |x: u64| (x * x * x * x).ilog2() as u64;
+            let base = log4(n as u64);
+            let bits: u64 = counts
+                .iter()
+                .take_while(|&&c| c > 0)
+                .map(|&c| c as u64 * (base - log4(c as u64)))
+                .sum();
+            return bits / n as u64 * 100 / (8 * 4) < ENTROPY_HIGH;
+        }
+    }
+    true
+}
+
 /// Compressed bytes worth keeping for an extent: they must save a sector.
 pub fn worth_it(compressed: usize, raw: usize, sectorsize: usize) -> bool {
     compressed.div_ceil(sectorsize) < raw.div_ceil(sectorsize)
@@ -247,6 +316,60 @@ mod tests {
             assert_eq!(&ext[..exact.len()], &exact[..], "{spec}");
             assert!(ext[exact.len()..].iter().all(|&b| b == 0), "{spec}");
         }
+    }
+
+    /// A splitmix64 stream: incompressible bytes without a dependency.
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len.div_ceil(8))
+            .flat_map(|_| {
+                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)).to_le_bytes()
+            })
+            .take(len)
+            .collect()
+    }
+
+    #[test]
+    fn heuristic_follows_the_kernels_rules() {
+        // Random bytes: every value common, maximal entropy.
+        assert!(!heuristic_says_compress(&noise(128 * 1024, 1)));
+        assert!(!heuristic_says_compress(&noise(3000, 2)));
+        // Text: under 64 byte values.
+        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
+            .iter()
+            .cycle()
+            .take(100_000)
+            .copied()
+            .collect();
+        assert!(heuristic_says_compress(&text));
+        // Random bytes repeated: the sample's halves are equal.
+        let half = noise(64 * 1024, 3);
+        assert!(heuristic_says_compress(&[&half[..], &half[..]].concat()));
+        // Too short to sample, or all alike: try.
+        assert!(heuristic_says_compress(&[]));
+        assert!(heuristic_says_compress(&noise(15, 4)));
+        assert!(heuristic_says_compress(&vec![7u8; 8192]));
+        // All 256 values, but a few of them most of the time: 64 values
+        // cover 90%, so the core set is small.
+        let skewed: Vec<u8> = noise(128 * 1024, 5)
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| if i % 16 == 0 { b } else { b % 32 })
+            .collect();
+        assert!(heuristic_says_compress(&skewed));
+        // 160 values, nearly evenly: the core set is between 64 and 200 and the
+        // entropy (log2 160 = 7.3 bits, 91%) too high.
+        let even: Vec<u8> = noise(128 * 1024, 6).iter().map(|&b| b % 160).collect();
+        assert!(!heuristic_says_compress(&even));
+        // 100 values, skewed (a few common): entropy under 80%.
+        let low: Vec<u8> = noise(128 * 1024, 7)
+            .iter()
+            .map(|&b| if b < 128 { b % 8 } else { b % 100 })
+            .collect();
+        assert!(heuristic_says_compress(&low));
     }
 
     #[cfg(feature = "lzo")]

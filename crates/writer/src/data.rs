@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use btrfs_format::*;
 use rayon::prelude::*;
 
-use crate::compress::{compress, Compression};
+use crate::compress::{compress, heuristic_says_compress, Compression};
 use crate::layout::{ChunkSpec, Layout, MIB};
 use crate::output::Output;
 use crate::scan::{Kind, Node, Scan};
@@ -423,7 +423,11 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
     let size = node.stat.size;
     if size <= opts.inline_limit {
         let raw = read_range(node, 0, size)?;
-        if let Some(c) = &opts.compression {
+        if let Some(c) = opts
+            .compression
+            .as_ref()
+            .filter(|c| c.force || heuristic_says_compress(&raw))
+        {
             let z = compress(c, &raw, opts.sectorsize as usize)?;
             if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
                 return Ok(Class::Inline {

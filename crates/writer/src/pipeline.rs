@@ -13,7 +13,10 @@
 //! The kernel's compression rule is followed by probing: of a file with
 //! several ranges only the first is compressed at first; if it does not
 //! compress the file is marked NOCOMPRESS and streamed raw, so incompressible
-//! files cost one read, not a wasted compression of every range.
+//! files cost one read, not a wasted compression of every range. Unless
+//! compression is forced, a range is only given to the compressor when the
+//! kernel's heuristic expects it to compress; a first range it rejects counts
+//! as one that did not compress.
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
@@ -21,7 +24,7 @@ use std::sync::{Mutex, TryLockError};
 
 use btrfs_format::*;
 
-use crate::compress::{compress_extent, worth_it};
+use crate::compress::{compress_extent, heuristic_says_compress, worth_it};
 use crate::data::{
     check_size, read_padded, read_range_into, same_content, sector_sums, Class, DataAlloc,
     DataOptions, FileExtent, Progress,
@@ -200,7 +203,12 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
         } else {
             0
         };
-        if let Some(c) = &opts.compression {
+        let file_bytes = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
+        if let Some(c) = opts
+            .compression
+            .as_ref()
+            .filter(|c| c.force || heuristic_says_compress(&raw[..file_bytes]))
+        {
             let z = compress_extent(c, raw, ss)?;
             if worth_it(z.len(), raw.len(), ss) {
                 return Ok(RangeOut {
@@ -221,12 +229,13 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
 /// Write one batch through a staging buffer (one positional write per MiB)
 /// and return the checksums of each piece.
 fn write_batch(
-    batch: &Batch,
+    batch: Batch,
     scan: &Scan,
     out: &Output,
     opts: &DataOptions,
     progress: &Progress,
 ) -> Result<Vec<(u64, Vec<u8>)>> {
+    let Batch { pieces, phys, .. } = batch;
     STAGING.with(|st| {
         let mut st = st.borrow_mut();
         if st.len() < STAGE as usize {
@@ -235,7 +244,7 @@ fn write_batch(
         let mut fill = 0usize;
         let mut flushed = 0u64;
         let flush = |st: &[u8], flushed: &mut u64| -> Result<()> {
-            for &p in &batch.phys {
+            for &p in &phys {
                 out.write_at(st, p + *flushed)?;
                 // Let the disk start now: the flush before the superblock
                 // then has little left to wait for.
@@ -244,18 +253,18 @@ fn write_batch(
             *flushed += st.len() as u64;
             Ok(())
         };
-        let mut result = Vec::with_capacity(batch.pieces.len());
-        for piece in &batch.pieces {
+        let mut result = Vec::with_capacity(pieces.len());
+        for piece in pieces {
             let mut sums =
                 Vec::with_capacity((piece.len / opts.sectorsize) as usize * opts.csum.size());
-            match &piece.data {
+            match piece.data {
                 PieceData::Buffer(buf) => {
                     if fill + buf.len() > st.len() {
                         flush(&st[..fill], &mut flushed)?;
                         fill = 0;
                     }
-                    st[fill..fill + buf.len()].copy_from_slice(buf);
-                    sector_sums(buf, opts, &mut sums);
+                    st[fill..fill + buf.len()].copy_from_slice(&buf);
+                    sector_sums(&buf, opts, &mut sums);
                     fill += buf.len();
                     progress
                         .bytes_out
@@ -266,7 +275,7 @@ fn write_batch(
                     node,
                     file_offset,
                 } => {
-                    let node = &scan.subvols[*subvol].nodes[*node];
+                    let node = &scan.subvols[subvol].nodes[node];
                     let f = crate::scan::open_source(&node.path)?;
                     let mut done = 0u64;
                     while done < piece.len {
@@ -626,7 +635,7 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
         self.task(slot, charged, move || Msg::Written {
             slot,
             charged,
-            out: write_batch(&batch, scan, out, opts, progress),
+            out: write_batch(batch, scan, out, opts, progress),
         });
     }
 }
