@@ -1,15 +1,17 @@
 //! File data: the writer pipeline from delayed ordered extents to extents on
 //! disk with their checksums.
 //!
-//! 1. classify every file (parallel): nothing, inline (compressed when that is
-//!    smaller), raw extents, or compression candidates;
+//! 1. classify every file by its size and data runs (parallel): nothing,
+//!    inline, raw extents, or compression candidates;
 //! 2. size the data chunks for the worst case (with `--dedupe`, when that
 //!    does not fit, duplicates are found first);
 //! 3. run the streaming pipeline (`pipeline.rs`): ranges compressed in
 //!    parallel ahead of the allocation point, addresses given strictly in
 //!    (subvolume, inode, offset) order, writes and checksums in parallel
 //!    batches, duplicates found and confirmed on the way;
-//! 4. trim the data chunks and flatten the extents per file.
+//! 4. read the files that go inline (compressed when that is smaller) while
+//!    the disk takes the pipeline's writes;
+//! 5. trim the data chunks and flatten the extents per file.
 //!
 //! The order of allocation never depends on thread timing, so the image is
 //! byte-identical whatever the thread count.
@@ -398,6 +400,8 @@ pub(crate) enum Class {
         ram: u64,
         compression: u8,
     },
+    /// Goes inline; not read yet.
+    InlineLater,
     /// Data runs, written uncompressed.
     Raw {
         runs: Vec<(u64, u64)>,
@@ -420,34 +424,70 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
     if runs.is_empty() {
         return Ok(Class::Empty);
     }
-    let size = node.stat.size;
-    if size <= opts.inline_limit {
-        let raw = read_range(node, 0, size)?;
-        if let Some(c) = opts
-            .compression
-            .as_ref()
-            .filter(|c| c.force || heuristic_says_compress(&raw))
-        {
-            let z = compress(c, &raw, opts.sectorsize as usize)?;
-            if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
-                return Ok(Class::Inline {
-                    data: z,
-                    ram: size,
-                    compression: c.type_byte(),
-                });
-            }
-        }
-        return Ok(Class::Inline {
-            data: raw,
-            ram: size,
-            compression: BTRFS_COMPRESS_NONE,
-        });
+    if node.stat.size <= opts.inline_limit {
+        // Inline whether or not it compresses; read after the pipeline.
+        return Ok(Class::InlineLater);
     }
     // Whether the first range compresses is found out in the pipeline itself.
     match &opts.compression {
         None => Ok(Class::Raw { runs }),
         Some(_) => Ok(Class::Compress { runs }),
     }
+}
+
+/// Read (and, when that is smaller, compress) a file that goes inline.
+fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
+    let size = node.stat.size;
+    let raw = read_range(node, 0, size)?;
+    if let Some(c) = opts
+        .compression
+        .as_ref()
+        .filter(|c| c.force || heuristic_says_compress(&raw))
+    {
+        let z = compress(c, &raw, opts.sectorsize as usize)?;
+        if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
+            return Ok(Class::Inline {
+                data: z,
+                ram: size,
+                compression: c.type_byte(),
+            });
+        }
+    }
+    Ok(Class::Inline {
+        data: raw,
+        ram: size,
+        compression: BTRFS_COMPRESS_NONE,
+    })
+}
+
+/// Read every file classified `InlineLater` (in parallel); on failure, the
+/// first such file in (subvolume, inode) order and its error.
+fn read_inline(
+    pool: &rayon::ThreadPool,
+    scan: &Scan,
+    classes: &mut [Vec<Class>],
+    opts: &DataOptions,
+) -> std::result::Result<(), ((usize, usize), Error)> {
+    let later: Vec<(usize, usize)> = classes
+        .iter()
+        .enumerate()
+        .flat_map(|(si, sv)| {
+            sv.iter()
+                .enumerate()
+                .filter(|(_, c)| matches!(c, Class::InlineLater))
+                .map(move |(ni, _)| (si, ni))
+        })
+        .collect();
+    let read: Vec<Result<Class>> = pool.install(|| {
+        later
+            .par_iter()
+            .map(|&(si, ni)| inline_class(&scan.subvols[si].nodes[ni], opts))
+            .collect()
+    });
+    for (&(si, ni), c) in later.iter().zip(read) {
+        classes[si][ni] = c.map_err(|e| ((si, ni), e))?;
+    }
+    Ok(())
 }
 
 impl Class {
@@ -619,13 +659,30 @@ pub fn write_all(
         &out,
         opts,
         progress,
-    )?;
+    );
+    timing.mark("pipeline");
+    // 4. Files that go inline, read now: the disk is still busy with the
+    // pipeline's writes, so this costs little time, where before the
+    // pipeline it delayed the first write. Of two failures the first file
+    // in order is reported, as if everything had been read in order.
+    let inline = read_inline(pool, scan, &mut classes, opts);
+    timing.mark("inline files");
+    let outcome = match (outcome, inline) {
+        (Ok(o), Ok(())) => o,
+        (Err(f), Ok(())) => return Err(f.error),
+        (Ok(_), Err((_, e))) => return Err(e),
+        (Err(f), Err((at, e))) => {
+            return Err(match f.file {
+                Some(p) if p < at => f.error,
+                _ => e,
+            })
+        }
+    };
     let per_node = outcome.per_node;
     let nocompress = outcome.nocompress;
     let mut csums = outcome.csums;
 
-    timing.mark("pipeline");
-    // Trim the data chunks to what was used.
+    // 5. Trim the data chunks to what was used.
     let used_end = outcome.used_end;
     let mut kept = Vec::new();
     for (k, ch) in chunks.iter().enumerate() {
@@ -646,7 +703,7 @@ pub fn write_all(
         kept.push(ch);
     }
 
-    // 5. Flatten per file; duplicates share their owner's extents.
+    // 6. Flatten per file; duplicates share their owner's extents.
     let mut extents = Vec::new();
     let mut files: Vec<Vec<FileData>> = Vec::new();
     let mut inode_flags: Vec<Vec<u64>> = Vec::new();
@@ -661,6 +718,9 @@ pub fn write_all(
             let mut flags = 0;
             let data = match c {
                 Class::Empty => FileData::None,
+                Class::InlineLater => {
+                    return Err(Error::Internal("inline file left unread".into()))
+                }
                 Class::Inline {
                     data,
                     ram,

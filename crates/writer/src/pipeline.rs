@@ -57,6 +57,19 @@ pub struct Outcome {
     pub used_end: u64,
 }
 
+/// Why the pipeline stopped: the error, and the file it concerns (its
+/// subvolume and inode index), if any.
+pub struct Failure {
+    pub file: Option<(usize, usize)>,
+    pub error: Error,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { file: None, error }
+    }
+}
+
 /// A delayed ordered extent once read (and compressed when that pays).
 struct RangeOut {
     /// The bytes that go to disk: compressed and sector padded, or raw.
@@ -394,13 +407,14 @@ pub fn run(
     out: &Output,
     opts: &DataOptions,
     progress: &Progress,
-) -> Result<Outcome> {
+) -> std::result::Result<Outcome, Failure> {
     // The calling thread waits outside the pool; on a worker of a one-thread
     // pool nothing would ever run.
     if pool.current_thread_index().is_some() {
         return Err(Error::Internal(
             "the data pipeline must be started from outside its thread pool".into(),
-        ));
+        )
+        .into());
     }
     let co = Coordinator {
         scan,
@@ -469,16 +483,18 @@ pub fn run(
     if sh.panicked.load(Ordering::SeqCst) {
         return Err(Error::Internal(
             "a data pipeline task panicked (a bug); no filesystem was written".into(),
-        ));
+        )
+        .into());
     }
     let co = sh.co.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, e)) = co.failed {
-        return Err(e);
+    if let Some((slot, error)) = co.failed {
+        return Err(Failure {
+            file: co.order.get(slot).copied(),
+            error,
+        });
     }
     if !(co.window.is_empty() && co.next == co.order.len()) {
-        return Err(Error::Internal(
-            "data pipeline stalled with no task in flight".into(),
-        ));
+        return Err(Error::Internal("data pipeline stalled with no task in flight".into()).into());
     }
     let mut outcome = co.out;
     outcome.used_end = co.alloc.cursor;

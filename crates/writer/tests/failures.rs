@@ -125,6 +125,47 @@ fn the_first_bad_file_in_order_is_reported() {
     }
 }
 
+/// Files that go inline are read after the others, but a failure among them
+/// is still reported in file order against a failure of a data file.
+#[test]
+fn inline_and_data_failures_are_reported_in_file_order() {
+    for (first, second, want) in [
+        ("a_small", "b_big", "a_small"),
+        ("a_big", "b_small", "a_big"),
+    ] {
+        for compressed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir(&src).unwrap();
+            for name in [first, second] {
+                let len = if name.ends_with("small") {
+                    1000
+                } else {
+                    300_000
+                };
+                std::fs::write(src.join(name), vec![5u8; len]).unwrap();
+            }
+            for i in 0..50 {
+                std::fs::write(src.join(format!("c{i:02}")), vec![i as u8; 500 + i * 900]).unwrap();
+            }
+            let tree = scan(&src, &ScanOptions::default()).unwrap();
+            std::fs::remove_file(src.join(first)).unwrap();
+            std::fs::remove_file(src.join(second)).unwrap();
+            let img = dir.path().join("x.img");
+            let mut o = opts();
+            if compressed {
+                o.compression = btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
+            }
+            let err = write_data(&tree, &img, &o, 2).expect("no error");
+            assert!(
+                err.contains(want) && err.contains("cannot open"),
+                "{first} before {second}, compressed {compressed}: {err}"
+            );
+            assert!(!forge_oracle::looks_like_btrfs(&img));
+        }
+    }
+}
+
 /// A full disk is a clear error up front (space is reserved with fallocate),
 /// not a SIGBUS or a half-written image.
 #[test]
