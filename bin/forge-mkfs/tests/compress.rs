@@ -44,6 +44,12 @@ fn make_tree(r: &Path) {
     mixed.extend(&random[..1 << 20]);
     std::fs::write(r.join("text_then_random"), &mixed).unwrap();
     std::fs::write(r.join("small_text"), "small text file ".repeat(100)).unwrap();
+    // Over --max-inline (2048) but within a sector: inline only compressed.
+    // (Repetitive, so that every algorithm and level gets it there.)
+    let lines = "a line of text that repeats\n".repeat(200);
+    std::fs::write(r.join("sector_text"), &lines.as_bytes()[..3000]).unwrap();
+    std::fs::write(r.join("sector_exact"), &lines.as_bytes()[..4096]).unwrap();
+    std::fs::write(r.join("sector_random"), &random[..3000]).unwrap();
     std::fs::write(r.join("tiny"), b"x").unwrap();
     std::fs::write(r.join("odd_size"), &text.as_bytes()[..(1 << 20) + 123]).unwrap();
     let f = std::fs::File::create(r.join("sparse")).unwrap();
@@ -163,6 +169,34 @@ fn every_algorithm_reads_back_exactly() {
                 "{spec}: NOCOMPRESS expected: {attrs}"
             );
         }
+        // Files of one sector or less go inline when compression brings
+        // them to --max-inline, as the kernel stores them (FIEMAP says so).
+        let frag = |name: &str| {
+            let out = oracle::run_ok(Command::new("filefrag").arg("-v").arg(m.path().join(name)));
+            out.lines()
+                .find(|l| l.trim_start().starts_with("0:"))
+                .unwrap_or_else(|| panic!("{spec}: filefrag {name}: {out}"))
+                .to_string()
+        };
+        for name in ["sector_text", "sector_exact"] {
+            let f = frag(name);
+            assert!(
+                f.contains("inline") && f.contains("encoded"),
+                "{spec}: {name}: {f}"
+            );
+        }
+        let f = frag("sector_random");
+        assert!(
+            !f.contains("inline") && !f.contains("encoded"),
+            "{spec}: sector_random: {f}"
+        );
+        let attrs = oracle::run_ok(Command::new("lsattr").arg(m.path().join("sector_random")));
+        let flags = attrs.split_whitespace().next().unwrap();
+        assert_eq!(
+            flags.contains('m'),
+            !spec.contains("force"),
+            "{spec}: {attrs}"
+        );
         m.scrub(true);
         m.unmount();
         // Overwrite compressed files in place on a read-write mount.

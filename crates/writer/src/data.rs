@@ -402,6 +402,12 @@ pub(crate) enum Class {
     },
     /// Goes inline; not read yet.
     InlineLater,
+    /// Over the inline limit but within a sector: inline if it compresses to
+    /// the limit (the kernel's rule for compressed inline extents), a raw
+    /// extent otherwise. Decided before the pipeline.
+    MaybeInline {
+        runs: Vec<(u64, u64)>,
+    },
     /// Data runs, written uncompressed.
     Raw {
         runs: Vec<(u64, u64)>,
@@ -428,6 +434,9 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
         // Inline whether or not it compresses; read after the pipeline.
         return Ok(Class::InlineLater);
     }
+    if opts.compression.is_some() && opts.inline_limit > 0 && node.stat.size <= opts.sectorsize {
+        return Ok(Class::MaybeInline { runs });
+    }
     // Whether the first range compresses is found out in the pipeline itself.
     match &opts.compression {
         None => Ok(Class::Raw { runs }),
@@ -435,10 +444,19 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
     }
 }
 
-/// Read (and, when that is smaller, compress) a file that goes inline.
-fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
-    let size = node.stat.size;
-    let raw = read_range(node, 0, size)?;
+/// An error and the file it concerns: (subvolume, node), which orders
+/// failures as files are ordered.
+type Located = ((usize, usize), Error);
+
+/// A small file's bytes, compressed when the heuristic let it be tried and
+/// the result is smaller and fits inline.
+enum SmallData {
+    Compressed(Vec<u8>, u8),
+    Raw(Vec<u8>),
+}
+
+fn read_small(node: &Node, opts: &DataOptions) -> Result<SmallData> {
+    let raw = read_range(node, 0, node.stat.size)?;
     if let Some(c) = opts
         .compression
         .as_ref()
@@ -446,18 +464,86 @@ fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
     {
         let z = compress(c, &raw, opts.sectorsize as usize)?;
         if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
-            return Ok(Class::Inline {
-                data: z,
-                ram: size,
-                compression: c.type_byte(),
-            });
+            return Ok(SmallData::Compressed(z, c.type_byte()));
         }
     }
-    Ok(Class::Inline {
-        data: raw,
-        ram: size,
-        compression: BTRFS_COMPRESS_NONE,
+    Ok(SmallData::Raw(raw))
+}
+
+/// Read (and, when that is smaller, compress) a file that goes inline.
+fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
+    let ram = node.stat.size;
+    Ok(match read_small(node, opts)? {
+        SmallData::Compressed(data, compression) => Class::Inline {
+            data,
+            ram,
+            compression,
+        },
+        SmallData::Raw(data) => Class::Inline {
+            data,
+            ram,
+            compression: BTRFS_COMPRESS_NONE,
+        },
     })
+}
+
+/// Decide every `MaybeInline` file (in parallel): inline and compressed, or
+/// a raw extent. The raw ones did not compress (or the heuristic said they
+/// would not), so they are NOCOMPRESS unless compression is forced, as a
+/// file whose first range does not compress. Returns those files; on
+/// failure, the first failing file in order and its error.
+fn decide_maybe_inline(
+    pool: &rayon::ThreadPool,
+    scan: &Scan,
+    classes: &mut [Vec<Class>],
+    opts: &DataOptions,
+) -> std::result::Result<Vec<(usize, usize)>, Located> {
+    let todo = nodes_where(classes, |c| matches!(c, Class::MaybeInline { .. }));
+    let read: Vec<Result<SmallData>> = pool.install(|| {
+        todo.par_iter()
+            .map(|&(si, ni)| read_small(&scan.subvols[si].nodes[ni], opts))
+            .collect()
+    });
+    let force = opts.compression.is_some_and(|c| c.force);
+    let mut nocompress = Vec::new();
+    for (&(si, ni), r) in todo.iter().zip(read) {
+        let c = &mut classes[si][ni];
+        match r.map_err(|e| ((si, ni), e))? {
+            SmallData::Compressed(data, compression) => {
+                *c = Class::Inline {
+                    data,
+                    ram: scan.subvols[si].nodes[ni].stat.size,
+                    compression,
+                }
+            }
+            SmallData::Raw(_) => {
+                if let Class::MaybeInline { runs } = c {
+                    *c = Class::Raw {
+                        runs: std::mem::take(runs),
+                    };
+                }
+                if !force {
+                    nocompress.push((si, ni));
+                }
+            }
+        }
+    }
+    Ok(nocompress)
+}
+
+/// (subvolume, node) of every class `keep` selects, in order.
+fn nodes_where(classes: &[Vec<Class>], keep: impl Fn(&Class) -> bool) -> Vec<(usize, usize)> {
+    classes
+        .iter()
+        .enumerate()
+        .flat_map(|(si, sv)| {
+            sv.iter()
+                .enumerate()
+                .filter(|(_, c)| keep(c))
+                .map(move |(ni, _)| (si, ni))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Read every file classified `InlineLater` (in parallel); on failure, the
@@ -467,17 +553,8 @@ fn read_inline(
     scan: &Scan,
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
-) -> std::result::Result<(), ((usize, usize), Error)> {
-    let later: Vec<(usize, usize)> = classes
-        .iter()
-        .enumerate()
-        .flat_map(|(si, sv)| {
-            sv.iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c, Class::InlineLater))
-                .map(move |(ni, _)| (si, ni))
-        })
-        .collect();
+) -> std::result::Result<(), Located> {
+    let later = nodes_where(classes, |c| matches!(c, Class::InlineLater));
     let read: Vec<Result<Class>> = pool.install(|| {
         later
             .par_iter()
@@ -616,6 +693,19 @@ pub fn write_all(
         classes[si].push(c?);
     }
     timing.mark("classify");
+    // Files compression may bring inline are decided now, before data chunks
+    // are sized: the ones that stay extents go through the pipeline.
+    let small_nocompress = match decide_maybe_inline(pool, scan, &mut classes, opts) {
+        Ok(n) => n,
+        Err((at, e)) => {
+            // Report the first failing file in order, as below.
+            return Err(match read_inline(pool, scan, &mut classes, opts) {
+                Err((first, earlier)) if first < at => earlier,
+                _ => e,
+            });
+        }
+    };
+    timing.mark("small files that may go inline");
     // 2. Deduplication candidates (decided in the pipeline).
     let mut candidates = if opts.dedupe {
         dedupe_candidates(scan, &classes)
@@ -679,7 +769,10 @@ pub fn write_all(
         }
     };
     let per_node = outcome.per_node;
-    let nocompress = outcome.nocompress;
+    let mut nocompress = outcome.nocompress;
+    for (si, ni) in small_nocompress {
+        nocompress[si][ni] = true;
+    }
     let mut csums = outcome.csums;
 
     // 5. Trim the data chunks to what was used.
@@ -718,8 +811,8 @@ pub fn write_all(
             let mut flags = 0;
             let data = match c {
                 Class::Empty => FileData::None,
-                Class::InlineLater => {
-                    return Err(Error::Internal("inline file left unread".into()))
+                Class::InlineLater | Class::MaybeInline { .. } => {
+                    return Err(Error::Internal("small file left undecided".into()))
                 }
                 Class::Inline {
                     data,

@@ -125,23 +125,27 @@ fn the_first_bad_file_in_order_is_reported() {
     }
 }
 
-/// Files that go inline are read after the others, but a failure among them
-/// is still reported in file order against a failure of a data file.
+/// Files that go inline are read after the others (and, compressed, files
+/// of up to a sector before them), but a failure among them is still
+/// reported in file order against a failure of another file.
 #[test]
 fn inline_and_data_failures_are_reported_in_file_order() {
     for (first, second, want) in [
         ("a_small", "b_big", "a_small"),
         ("a_big", "b_small", "a_big"),
+        ("a_small", "b_sector", "a_small"),
+        ("a_sector", "b_small", "a_sector"),
+        ("a_sector", "b_big", "a_sector"),
     ] {
         for compressed in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let src = dir.path().join("src");
             std::fs::create_dir(&src).unwrap();
             for name in [first, second] {
-                let len = if name.ends_with("small") {
-                    1000
-                } else {
-                    300_000
+                let len = match &name[2..] {
+                    "small" => 1000,
+                    "sector" => 3000,
+                    _ => 300_000,
                 };
                 std::fs::write(src.join(name), vec![5u8; len]).unwrap();
             }
