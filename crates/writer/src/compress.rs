@@ -194,7 +194,8 @@ pub fn compress_extent(c: &Compression, input: &[u8], sectorsize: usize) -> Resu
 
 /// The kernel's guess, before compressing a range, whether it is worth
 /// trying (`btrfs_compress_heuristic`): it looks at 16 bytes of every 256 of
-/// the range's file data (at most 128 KiB) and says yes for a sample whose
+/// the range (at most 128 KiB; the zeros padding its last sector included,
+/// as the kernel samples whole pages) and says yes for a sample whose
 /// second half repeats its first, that uses under 64 byte values, whose 64
 /// commonest values make up 90% of it, or whose byte entropy is under 80%;
 /// no when 200 values are needed to cover 90% (random or already compressed

@@ -2,7 +2,8 @@
 //! disk with their checksums.
 //!
 //! 1. classify every file by its size and data runs (parallel): nothing,
-//!    inline, raw extents, or compression candidates;
+//!    inline, raw extents, or compression candidates; with compression,
+//!    files of up to a sector are read and go inline if they compress enough;
 //! 2. size the data chunks for the worst case (with `--dedupe`, when that
 //!    does not fit, duplicates are found first);
 //! 3. run the streaming pipeline (`pipeline.rs`): ranges compressed in
@@ -11,7 +12,8 @@
 //!    batches, duplicates found and confirmed on the way;
 //! 4. read the files that go inline (compressed when that is smaller) while
 //!    the disk takes the pipeline's writes;
-//! 5. trim the data chunks and flatten the extents per file.
+//! 5. trim the data chunks;
+//! 6. flatten the extents per file.
 //!
 //! The order of allocation never depends on thread timing, so the image is
 //! byte-identical whatever the thread count.
@@ -355,7 +357,7 @@ fn dedupe_prepass(
     scan: &Scan,
     classes: &mut [Vec<Class>],
     candidates: &mut [Vec<bool>],
-) -> Result<()> {
+) -> std::result::Result<(), Located> {
     let list: Vec<(usize, usize)> = candidates
         .iter()
         .enumerate()
@@ -377,10 +379,16 @@ fn dedupe_prepass(
     let mut owners = crate::pipeline::Owners::default();
     for (&(si, ni), h) in list.iter().zip(hashes) {
         let node = &scan.subvols[si].nodes[ni];
-        let owner = owners.claim(node.stat.size, classes[si][ni].runs(), h?, (si, ni));
+        let at = |e| ((si, ni), e);
+        let owner = owners.claim(
+            node.stat.size,
+            classes[si][ni].runs(),
+            h.map_err(at)?,
+            (si, ni),
+        );
         if let Some(owner) = owner {
             let a = &scan.subvols[owner.0].nodes[owner.1].path;
-            if same_content(a, &node.path)? {
+            if same_content(a, &node.path).map_err(at)? {
                 classes[si][ni] = Class::Dup { owner };
             }
         }
@@ -456,17 +464,22 @@ enum SmallData {
 }
 
 fn read_small(node: &Node, opts: &DataOptions) -> Result<SmallData> {
-    let raw = read_range(node, 0, node.stat.size)?;
+    let size = node.stat.size as usize;
+    // The heuristic sees the zeros that pad the last sector, as the
+    // kernel's sees its page; the compressor sees the file's bytes.
+    let padded_len = node.stat.size.div_ceil(opts.sectorsize) * opts.sectorsize;
+    let mut raw = read_range(node, 0, padded_len)?;
     if let Some(c) = opts
         .compression
         .as_ref()
         .filter(|c| c.force || heuristic_says_compress(&raw))
     {
-        let z = compress(c, &raw, opts.sectorsize as usize)?;
-        if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
+        let z = compress(c, &raw[..size], opts.sectorsize as usize)?;
+        if z.len() < size && z.len() as u64 <= opts.inline_limit {
             return Ok(SmallData::Compressed(z, c.type_byte()));
         }
     }
+    raw.truncate(size);
     Ok(SmallData::Raw(raw))
 }
 
@@ -490,45 +503,72 @@ fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
 /// Decide every `MaybeInline` file (in parallel): inline and compressed, or
 /// a raw extent. The raw ones did not compress (or the heuristic said they
 /// would not), so they are NOCOMPRESS unless compression is forced, as a
-/// file whose first range does not compress. Returns those files; on
-/// failure, the first failing file in order and its error.
+/// file whose first range does not compress; those are returned. A file
+/// that cannot be read becomes a raw extent too: the pipeline then meets
+/// its error in file order.
 fn decide_maybe_inline(
     pool: &rayon::ThreadPool,
     scan: &Scan,
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
-) -> std::result::Result<Vec<(usize, usize)>, Located> {
+) -> Vec<(usize, usize)> {
     let todo = nodes_where(classes, |c| matches!(c, Class::MaybeInline { .. }));
-    let read: Vec<Result<SmallData>> = pool.install(|| {
+    enum Decided {
+        Inline(Vec<u8>, u8),
+        Raw,
+        Unread,
+    }
+    // Only what goes inline is kept: raw bytes would add up to the size of
+    // every such file at once.
+    let decided: Vec<Decided> = pool.install(|| {
         todo.par_iter()
-            .map(|&(si, ni)| read_small(&scan.subvols[si].nodes[ni], opts))
+            .map(
+                |&(si, ni)| match read_small(&scan.subvols[si].nodes[ni], opts) {
+                    Ok(SmallData::Compressed(z, t)) => Decided::Inline(z, t),
+                    Ok(SmallData::Raw(_)) => Decided::Raw,
+                    Err(_) => Decided::Unread,
+                },
+            )
             .collect()
     });
     let force = opts.compression.is_some_and(|c| c.force);
     let mut nocompress = Vec::new();
-    for (&(si, ni), r) in todo.iter().zip(read) {
+    for (&(si, ni), d) in todo.iter().zip(decided) {
         let c = &mut classes[si][ni];
-        match r.map_err(|e| ((si, ni), e))? {
-            SmallData::Compressed(data, compression) => {
-                *c = Class::Inline {
-                    data,
-                    ram: scan.subvols[si].nodes[ni].stat.size,
-                    compression,
-                }
-            }
-            SmallData::Raw(_) => {
-                if let Class::MaybeInline { runs } = c {
-                    *c = Class::Raw {
-                        runs: std::mem::take(runs),
-                    };
-                }
-                if !force {
-                    nocompress.push((si, ni));
-                }
-            }
+        if let Decided::Inline(data, compression) = d {
+            *c = Class::Inline {
+                data,
+                ram: scan.subvols[si].nodes[ni].stat.size,
+                compression,
+            };
+            continue;
+        }
+        if let Class::MaybeInline { runs } = c {
+            *c = Class::Raw {
+                runs: std::mem::take(runs),
+            };
+        }
+        if matches!(d, Decided::Raw) && !force {
+            nocompress.push((si, ni));
         }
     }
-    Ok(nocompress)
+    nocompress
+}
+
+/// `e`, the failure of the file at `at`, or the failure of a file that goes
+/// inline before it: those are read last, so when an earlier step fails
+/// they are read now, and the first failing file in order is reported.
+fn first_in_order(
+    pool: &rayon::ThreadPool,
+    scan: &Scan,
+    classes: &mut [Vec<Class>],
+    opts: &DataOptions,
+    (at, e): Located,
+) -> Error {
+    match read_inline(pool, scan, classes, opts) {
+        Err((first, earlier)) if first < at => earlier,
+        _ => e,
+    }
 }
 
 /// (subvolume, node) of every class `keep` selects, in order.
@@ -689,22 +729,20 @@ pub fn write_all(
         .iter()
         .map(|s| Vec::with_capacity(s.nodes.len()))
         .collect();
-    for (&(si, _), c) in flat.iter().zip(classified) {
-        classes[si].push(c?);
+    let mut failed = None;
+    for (&(si, ni), c) in flat.iter().zip(classified) {
+        classes[si].push(c.unwrap_or_else(|e| {
+            failed.get_or_insert(((si, ni), e));
+            Class::Empty
+        }));
+    }
+    if let Some(f) = failed {
+        return Err(first_in_order(pool, scan, &mut classes, opts, f));
     }
     timing.mark("classify");
     // Files compression may bring inline are decided now, before data chunks
     // are sized: the ones that stay extents go through the pipeline.
-    let small_nocompress = match decide_maybe_inline(pool, scan, &mut classes, opts) {
-        Ok(n) => n,
-        Err((at, e)) => {
-            // Report the first failing file in order, as below.
-            return Err(match read_inline(pool, scan, &mut classes, opts) {
-                Err((first, earlier)) if first < at => earlier,
-                _ => e,
-            });
-        }
-    };
+    let small_nocompress = decide_maybe_inline(pool, scan, &mut classes, opts);
     timing.mark("small files that may go inline");
     // 2. Deduplication candidates (decided in the pipeline).
     let mut candidates = if opts.dedupe {
@@ -722,7 +760,9 @@ pub fn write_all(
         // duplicates first, reading every candidate once more, and size
         // for what is really stored.
         Err(Error::NoSpace(_)) if opts.dedupe => {
-            dedupe_prepass(pool, scan, &mut classes, &mut candidates)?;
+            if let Err(f) = dedupe_prepass(pool, scan, &mut classes, &mut candidates) {
+                return Err(first_in_order(pool, scan, &mut classes, opts, f));
+            }
             *layout = before;
             let worst = worst_case(&classes, opts);
             chunks = data_chunks(layout, worst, opts);
@@ -755,19 +795,19 @@ pub fn write_all(
     // pipeline's writes, so this costs little time, where before the
     // pipeline it delayed the first write. Of two failures the first file
     // in order is reported, as if everything had been read in order.
-    let inline = read_inline(pool, scan, &mut classes, opts);
-    timing.mark("inline files");
-    let outcome = match (outcome, inline) {
-        (Ok(o), Ok(())) => o,
-        (Err(f), Ok(())) => return Err(f.error),
-        (Ok(_), Err((_, e))) => return Err(e),
-        (Err(f), Err((at, e))) => {
-            return Err(match f.file {
-                Some(p) if p < at => f.error,
-                _ => e,
-            })
+    let outcome = match outcome {
+        Ok(o) => {
+            read_inline(pool, scan, &mut classes, opts).map_err(|(_, e)| e)?;
+            o
         }
+        Err(crate::pipeline::Failure {
+            file: Some(at),
+            error,
+        }) => return Err(first_in_order(pool, scan, &mut classes, opts, (at, error))),
+        // A bug (a panicked task, a stall): nothing to put in order.
+        Err(crate::pipeline::Failure { file: None, error }) => return Err(error),
     };
+    timing.mark("inline files");
     let per_node = outcome.per_node;
     let mut nocompress = outcome.nocompress;
     for (si, ni) in small_nocompress {
@@ -823,6 +863,10 @@ pub fn write_all(
                     bytes_on_disk += data.len() as u64;
                     if compression != BTRFS_COMPRESS_NONE {
                         flags |= BTRFS_INODE_COMPRESS;
+                    } else if opts.compression.is_some_and(|c| !c.force) {
+                        // Its only range did not compress (or the heuristic
+                        // said it would not): the rule of a first range.
+                        flags |= BTRFS_INODE_NOCOMPRESS;
                     }
                     // Moved, not copied: small files add up.
                     FileData::Inline {

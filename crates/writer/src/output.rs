@@ -14,7 +14,7 @@ pub struct Output {
     file: File,
     /// The thread that starts writeback of finished ranges (see
     /// `start_writeback`), started on first use.
-    writeback: std::sync::Mutex<Option<Writeback>>,
+    writeback: std::sync::Mutex<WritebackState>,
     pub path: PathBuf,
     /// Bytes of the filesystem (not necessarily of the file or device).
     pub size: u64,
@@ -123,7 +123,7 @@ impl Output {
         }
         let out = Output {
             file,
-            writeback: std::sync::Mutex::new(None),
+            writeback: std::sync::Mutex::new(WritebackState::NotStarted),
             path: path.into(),
             size,
             is_block_device,
@@ -154,24 +154,26 @@ impl Output {
     /// of the data pipeline's wall time).
     pub fn start_writeback(&self, offset: u64, len: u64) {
         let mut wb = self.writeback.lock().unwrap_or_else(|p| p.into_inner());
-        if wb.is_none() {
+        if let WritebackState::NotStarted = *wb {
             // Without a second descriptor (or a thread) the ranges are
             // simply left to the kernel's own writeback.
-            *wb = self.file.try_clone().ok().and_then(Writeback::start);
+            *wb = match self.file.try_clone().ok().and_then(Writeback::start) {
+                Some(w) => WritebackState::Running(w),
+                None => WritebackState::Unavailable,
+            };
         }
-        if let Some(w) = wb.as_ref() {
+        if let WritebackState::Running(w) = &*wb {
             let _ = w.tx.send((offset, len));
         }
     }
 
     /// Wait for the writeback thread to have started every range asked for.
     fn stop_writeback(&self) {
-        let w = self
-            .writeback
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(w) = w {
+        let w = std::mem::replace(
+            &mut *self.writeback.lock().unwrap_or_else(|p| p.into_inner()),
+            WritebackState::NotStarted,
+        );
+        if let WritebackState::Running(w) = w {
             w.stop();
         }
     }
@@ -234,6 +236,13 @@ impl Drop for Output {
     fn drop(&mut self) {
         self.stop_writeback();
     }
+}
+
+enum WritebackState {
+    NotStarted,
+    Running(Writeback),
+    /// No thread could be started: the kernel's own writeback does it all.
+    Unavailable,
 }
 
 /// A thread that calls `sync_file_range(SYNC_FILE_RANGE_WRITE)` on ranges

@@ -216,11 +216,12 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
         } else {
             0
         };
-        let file_bytes = (len as u64).min(node.stat.size.saturating_sub(off)) as usize;
+        // The heuristic sees the whole range, with the zeros that pad its
+        // last sector, as the kernel's sees the range's pages.
         if let Some(c) = opts
             .compression
             .as_ref()
-            .filter(|c| c.force || heuristic_says_compress(&raw[..file_bytes]))
+            .filter(|c| c.force || heuristic_says_compress(raw))
         {
             let z = compress_extent(c, raw, ss)?;
             if worth_it(z.len(), raw.len(), ss) {

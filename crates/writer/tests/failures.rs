@@ -136,6 +136,7 @@ fn inline_and_data_failures_are_reported_in_file_order() {
         ("a_small", "b_sector", "a_small"),
         ("a_sector", "b_small", "a_sector"),
         ("a_sector", "b_big", "a_sector"),
+        ("a_big", "b_sector", "a_big"),
     ] {
         for compressed in [false, true] {
             let dir = tempfile::tempdir().unwrap();
