@@ -201,19 +201,26 @@ pub fn compress_extent(c: &Compression, input: &[u8], sectorsize: usize) -> Resu
 /// no when 200 values are needed to cover 90% (random or already compressed
 /// data) or the entropy is higher. Skipping those ranges saves most of the
 /// compressor's time on incompressible data.
-pub fn heuristic_says_compress(data: &[u8]) -> bool {
+///
+/// `len` is the range's length: bytes of it past `data` are zeros (the
+/// padding of a file's last sector, which need not be in memory).
+pub fn heuristic_says_compress(data: &[u8], len: usize) -> bool {
     const READ: usize = 16;
     const INTERVAL: usize = 256;
     const SET_THRESHOLD: usize = 64;
     const CORE_LOW: usize = 64;
     const CORE_HIGH: usize = 200;
     const ENTROPY_HIGH: u64 = 80;
-    let data = &data[..data.len().min(BTRFS_MAX_COMPRESSED as usize)];
+    let len = len.max(data.len()).min(BTRFS_MAX_COMPRESSED as usize);
     let mut sample = [0u8; BTRFS_MAX_COMPRESSED as usize / INTERVAL * READ];
     let mut n = 0;
     let mut at = 0;
-    while at + READ <= data.len() {
-        sample[n..n + READ].copy_from_slice(&data[at..at + READ]);
+    while at + READ <= len {
+        // What lies past `data` stays zero in the sample.
+        if at < data.len() {
+            let have = data.len().min(at + READ);
+            sample[n..n + have - at].copy_from_slice(&data[at..have]);
+        }
         n += READ;
         at += INTERVAL;
     }
@@ -336,8 +343,8 @@ mod tests {
     #[test]
     fn heuristic_follows_the_kernels_rules() {
         // Random bytes: every value common, maximal entropy.
-        assert!(!heuristic_says_compress(&noise(128 * 1024, 1)));
-        assert!(!heuristic_says_compress(&noise(3000, 2)));
+        assert!(!heuristic_says_compress(&noise(128 * 1024, 1), 128 * 1024));
+        assert!(!heuristic_says_compress(&noise(4096, 2), 4096));
         // Text: under 64 byte values.
         let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
             .iter()
@@ -345,14 +352,42 @@ mod tests {
             .take(100_000)
             .copied()
             .collect();
-        assert!(heuristic_says_compress(&text));
+        assert!(heuristic_says_compress(&text, text.len()));
         // Random bytes repeated: the sample's halves are equal.
         let half = noise(64 * 1024, 3);
-        assert!(heuristic_says_compress(&[&half[..], &half[..]].concat()));
+        assert!(heuristic_says_compress(
+            &[&half[..], &half[..]].concat(),
+            128 * 1024
+        ));
         // Too short to sample, or all alike: try.
-        assert!(heuristic_says_compress(&[]));
-        assert!(heuristic_says_compress(&noise(15, 4)));
-        assert!(heuristic_says_compress(&vec![7u8; 8192]));
+        assert!(heuristic_says_compress(&[], 0));
+        assert!(heuristic_says_compress(&noise(15, 4), 15));
+        assert!(heuristic_says_compress(&vec![7u8; 8192], 8192));
+        // Random bytes padded with zeros to their sector: the zeros are
+        // sampled too, which brings the entropy down (a 3000-byte random
+        // file in a 4 KiB sector is worth a try), unlike the bytes alone.
+        let short = noise(3000, 8);
+        assert!(heuristic_says_compress(&short, 4096));
+        let mut padded = short.clone();
+        padded.resize(4096, 0);
+        assert!(heuristic_says_compress(&padded, 4096));
+        assert!(!heuristic_says_compress(&short, 2816 + 16));
+        // Zeros given by `len` are the same as zeros in memory.
+        for size in [1, 15, 16, 17, 255, 256, 3000, 4095, 4096, 5000, 131_072] {
+            for data in [
+                noise(size, size as u64),
+                text[..size.min(text.len())].to_vec(),
+            ] {
+                let len = data.len().div_ceil(4096) * 4096;
+                let mut padded = data.clone();
+                padded.resize(len, 0);
+                assert_eq!(
+                    heuristic_says_compress(&data, len),
+                    heuristic_says_compress(&padded, len),
+                    "{size}"
+                );
+            }
+        }
         // All 256 values, but a few of them most of the time: 64 values
         // cover 90%, so the core set is small.
         let skewed: Vec<u8> = noise(128 * 1024, 5)
@@ -360,17 +395,17 @@ mod tests {
             .enumerate()
             .map(|(i, &b)| if i % 16 == 0 { b } else { b % 32 })
             .collect();
-        assert!(heuristic_says_compress(&skewed));
+        assert!(heuristic_says_compress(&skewed, skewed.len()));
         // 160 values, nearly evenly: the core set is between 64 and 200 and the
         // entropy (log2 160 = 7.3 bits, 91%) too high.
         let even: Vec<u8> = noise(128 * 1024, 6).iter().map(|&b| b % 160).collect();
-        assert!(!heuristic_says_compress(&even));
+        assert!(!heuristic_says_compress(&even, even.len()));
         // 100 values, skewed (a few common): entropy under 80%.
         let low: Vec<u8> = noise(128 * 1024, 7)
             .iter()
             .map(|&b| if b < 128 { b % 8 } else { b % 100 })
             .collect();
-        assert!(heuristic_says_compress(&low));
+        assert!(heuristic_says_compress(&low, low.len()));
     }
 
     #[cfg(feature = "lzo")]

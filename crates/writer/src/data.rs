@@ -464,22 +464,20 @@ enum SmallData {
 }
 
 fn read_small(node: &Node, opts: &DataOptions) -> Result<SmallData> {
-    let size = node.stat.size as usize;
+    let raw = read_range(node, 0, node.stat.size)?;
     // The heuristic sees the zeros that pad the last sector, as the
     // kernel's sees its page; the compressor sees the file's bytes.
     let padded_len = node.stat.size.div_ceil(opts.sectorsize) * opts.sectorsize;
-    let mut raw = read_range(node, 0, padded_len)?;
     if let Some(c) = opts
         .compression
         .as_ref()
-        .filter(|c| c.force || heuristic_says_compress(&raw))
+        .filter(|c| c.force || heuristic_says_compress(&raw, padded_len as usize))
     {
-        let z = compress(c, &raw[..size], opts.sectorsize as usize)?;
-        if z.len() < size && z.len() as u64 <= opts.inline_limit {
+        let z = compress(c, &raw, opts.sectorsize as usize)?;
+        if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
             return Ok(SmallData::Compressed(z, c.type_byte()));
         }
     }
-    raw.truncate(size);
     Ok(SmallData::Raw(raw))
 }
 

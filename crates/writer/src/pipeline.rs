@@ -221,7 +221,7 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
         if let Some(c) = opts
             .compression
             .as_ref()
-            .filter(|c| c.force || heuristic_says_compress(raw))
+            .filter(|c| c.force || heuristic_says_compress(raw, raw.len()))
         {
             let z = compress_extent(c, raw, ss)?;
             if worth_it(z.len(), raw.len(), ss) {
