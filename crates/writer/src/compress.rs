@@ -25,6 +25,13 @@ pub struct Compression {
 }
 
 impl Compression {
+    /// Whether a range is given to the compressor: always when forced,
+    /// otherwise when the kernel's heuristic expects it to compress. `len`
+    /// is the range's length (bytes past `data` are zeros).
+    pub fn tries(&self, data: &[u8], len: usize) -> bool {
+        self.force || heuristic_says_compress(data, len)
+    }
+
     /// Parse `zstd[:1..15]`, `zlib[:1..9]`, `lzo`, or `no`/`none` (→ `None`).
     pub fn parse(s: &str, force: bool) -> Result<Option<Self>> {
         let (name, level) = match s.split_once(':') {

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use btrfs_format::*;
 use rayon::prelude::*;
 
-use crate::compress::{compress, heuristic_says_compress, Compression};
+use crate::compress::{compress, Compression};
 use crate::layout::{ChunkSpec, Layout, MIB};
 use crate::output::Output;
 use crate::scan::{Kind, Node, Scan};
@@ -358,16 +358,7 @@ fn dedupe_prepass(
     classes: &mut [Vec<Class>],
     candidates: &mut [Vec<bool>],
 ) -> std::result::Result<(), Located> {
-    let list: Vec<(usize, usize)> = candidates
-        .iter()
-        .enumerate()
-        .flat_map(|(si, c)| {
-            c.iter()
-                .enumerate()
-                .filter(|x| *x.1)
-                .map(move |(ni, _)| (si, ni))
-        })
-        .collect();
+    let list = positions(candidates, |&c| c);
     let hashes: Vec<Result<u128>> = pool.install(|| {
         list.par_iter()
             .map(|&(si, ni)| {
@@ -456,14 +447,10 @@ fn classify(node: &Node, opts: &DataOptions) -> Result<Class> {
 /// failures as files are ordered.
 type Located = ((usize, usize), Error);
 
-/// A small file's bytes, compressed when the heuristic let it be tried and
-/// the result is smaller and fits inline.
-enum SmallData {
-    Compressed(Vec<u8>, u8),
-    Raw(Vec<u8>),
-}
-
-fn read_small(node: &Node, opts: &DataOptions) -> Result<SmallData> {
+/// A small file's bytes and their compression type: compressed when the
+/// heuristic let it be tried and the result is smaller and fits inline,
+/// raw (`BTRFS_COMPRESS_NONE`) otherwise.
+fn read_small(node: &Node, opts: &DataOptions) -> Result<(Vec<u8>, u8)> {
     let raw = read_range(node, 0, node.stat.size)?;
     // The heuristic sees the zeros that pad the last sector, as the
     // kernel's sees its page; the compressor sees the file's bytes.
@@ -471,30 +458,23 @@ fn read_small(node: &Node, opts: &DataOptions) -> Result<SmallData> {
     if let Some(c) = opts
         .compression
         .as_ref()
-        .filter(|c| c.force || heuristic_says_compress(&raw, padded_len as usize))
+        .filter(|c| c.tries(&raw, padded_len as usize))
     {
         let z = compress(c, &raw, opts.sectorsize as usize)?;
         if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
-            return Ok(SmallData::Compressed(z, c.type_byte()));
+            return Ok((z, c.type_byte()));
         }
     }
-    Ok(SmallData::Raw(raw))
+    Ok((raw, BTRFS_COMPRESS_NONE))
 }
 
 /// Read (and, when that is smaller, compress) a file that goes inline.
 fn inline_class(node: &Node, opts: &DataOptions) -> Result<Class> {
-    let ram = node.stat.size;
-    Ok(match read_small(node, opts)? {
-        SmallData::Compressed(data, compression) => Class::Inline {
-            data,
-            ram,
-            compression,
-        },
-        SmallData::Raw(data) => Class::Inline {
-            data,
-            ram,
-            compression: BTRFS_COMPRESS_NONE,
-        },
+    let (data, compression) = read_small(node, opts)?;
+    Ok(Class::Inline {
+        data,
+        ram: node.stat.size,
+        compression,
     })
 }
 
@@ -510,7 +490,7 @@ fn decide_maybe_inline(
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
 ) -> Vec<(usize, usize)> {
-    let todo = nodes_where(classes, |c| matches!(c, Class::MaybeInline { .. }));
+    let todo = positions(classes, |c| matches!(c, Class::MaybeInline { .. }));
     enum Decided {
         Inline(Vec<u8>, u8),
         Raw,
@@ -522,8 +502,8 @@ fn decide_maybe_inline(
         todo.par_iter()
             .map(
                 |&(si, ni)| match read_small(&scan.subvols[si].nodes[ni], opts) {
-                    Ok(SmallData::Compressed(z, t)) => Decided::Inline(z, t),
-                    Ok(SmallData::Raw(_)) => Decided::Raw,
+                    Ok((z, t)) if t != BTRFS_COMPRESS_NONE => Decided::Inline(z, t),
+                    Ok(_) => Decided::Raw,
                     Err(_) => Decided::Unread,
                 },
             )
@@ -569,17 +549,18 @@ fn first_in_order(
     }
 }
 
-/// (subvolume, node) of every class `keep` selects, in order.
-fn nodes_where(classes: &[Vec<Class>], keep: impl Fn(&Class) -> bool) -> Vec<(usize, usize)> {
-    classes
+/// (subvolume, node) of every entry `keep` selects, in order: per-node
+/// tables (classes, candidates) are laid out by subvolume, then node.
+fn positions<T>(table: &[Vec<T>], keep: impl Fn(&T) -> bool) -> Vec<(usize, usize)> {
+    let keep = &keep;
+    table
         .iter()
         .enumerate()
-        .flat_map(|(si, sv)| {
-            sv.iter()
+        .flat_map(|(si, row)| {
+            row.iter()
                 .enumerate()
-                .filter(|(_, c)| keep(c))
+                .filter(move |(_, x)| keep(x))
                 .map(move |(ni, _)| (si, ni))
-                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -592,7 +573,7 @@ fn read_inline(
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
 ) -> std::result::Result<(), Located> {
-    let later = nodes_where(classes, |c| matches!(c, Class::InlineLater));
+    let later = positions(classes, |c| matches!(c, Class::InlineLater));
     let read: Vec<Result<Class>> = pool.install(|| {
         later
             .par_iter()

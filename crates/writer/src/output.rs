@@ -169,11 +169,18 @@ impl Output {
 
     /// Wait for the writeback thread to have started every range asked for.
     fn stop_writeback(&self) {
-        let w = std::mem::replace(
-            &mut *self.writeback.lock().unwrap_or_else(|p| p.into_inner()),
-            WritebackState::NotStarted,
-        );
-        if let WritebackState::Running(w) = w {
+        let running = {
+            let mut wb = self.writeback.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::replace(&mut *wb, WritebackState::NotStarted) {
+                WritebackState::Running(w) => Some(w),
+                // Unavailable stays so: not tried again after a flush.
+                other => {
+                    *wb = other;
+                    None
+                }
+            }
+        };
+        if let Some(w) = running {
             w.stop();
         }
     }

@@ -24,7 +24,7 @@ use std::sync::{Mutex, TryLockError};
 
 use btrfs_format::*;
 
-use crate::compress::{compress_extent, heuristic_says_compress, worth_it};
+use crate::compress::{compress_extent, worth_it};
 use crate::data::{
     check_size, read_padded, read_range_into, same_content, sector_sums, Class, DataAlloc,
     DataOptions, FileExtent, Progress,
@@ -221,7 +221,7 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
         if let Some(c) = opts
             .compression
             .as_ref()
-            .filter(|c| c.force || heuristic_says_compress(raw, raw.len()))
+            .filter(|c| c.tries(raw, raw.len()))
         {
             let z = compress_extent(c, raw, ss)?;
             if worth_it(z.len(), raw.len(), ss) {
