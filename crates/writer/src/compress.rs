@@ -121,20 +121,23 @@ fn zstd_compress(w: &mut Worker, level: i32, input: &[u8], padded_to: usize) -> 
         .as_mut()
         .ok_or_else(|| Error::Internal("zstd".into()))?;
     let cap = zstd::zstd_safe::compress_bound(input.len());
-    w.buf.clear();
-    w.buf.reserve(cap);
-    c.compress_to_buffer(input, &mut w.buf)
+    if padded_to == 1 {
+        // Inline bytes, kept until the trees are built: compressed in the
+        // thread's buffer, then given one of their exact size.
+        w.buf.clear();
+        w.buf.reserve(cap);
+        c.compress_to_buffer(input, &mut w.buf)
+            .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+        return Ok(w.buf.clone());
+    }
+    // An extent: compressed straight into its own buffer, which is then
+    // padded and shrunk in place (no copy of the compressed bytes).
+    let mut v = Vec::with_capacity(cap.div_ceil(padded_to) * padded_to);
+    c.compress_to_buffer(input, &mut v)
         .map_err(|e| Error::Internal(format!("zstd: {e}")))?;
-    Ok(sector_padded(&w.buf, padded_to))
-}
-
-/// `bytes` in a buffer of their own, zero padded to a multiple of
-/// `padded_to` (one allocation, no regrowth).
-fn sector_padded(bytes: &[u8], padded_to: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(bytes.len().div_ceil(padded_to) * padded_to);
-    v.extend_from_slice(bytes);
-    v.resize(v.capacity(), 0);
-    v
+    v.resize(v.len().div_ceil(padded_to) * padded_to, 0);
+    v.shrink_to_fit();
+    Ok(v)
 }
 
 fn zlib_compress(level: i32, input: &[u8]) -> Result<Vec<u8>> {
@@ -240,10 +243,19 @@ pub fn heuristic_says_compress(data: &[u8], len: usize) -> bool {
     for &b in sample {
         counts[b as usize] += 1;
     }
-    if counts.iter().filter(|&&c| c > 0).count() < SET_THRESHOLD {
+    // Only the values present matter from here on: sorting those alone is
+    // cheaper than sorting all 256 for the text most ranges hold.
+    let mut present = [0u32; 256];
+    let mut set = 0;
+    for &c in counts.iter().filter(|&&c| c > 0) {
+        present[set] = c;
+        set += 1;
+    }
+    if set < SET_THRESHOLD {
         return true;
     }
-    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let counts = &mut present[..];
+    counts[..set].sort_unstable_by(|a, b| b.cmp(a));
     // How many of the commonest values cover 90% of the sample: the kernel
     // counts the first 64 at once, then one by one up to 200.
     let threshold = n as u64 * 90 / 100;

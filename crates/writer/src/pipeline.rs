@@ -26,8 +26,8 @@ use btrfs_format::*;
 
 use crate::compress::{compress_extent, worth_it};
 use crate::data::{
-    check_size, read_padded, read_range_into, same_content, sector_sums, Class, DataAlloc,
-    DataOptions, FileExtent, Progress,
+    check_size, read_checked, read_padded, read_range_into, same_content, sector_sums, Class,
+    DataAlloc, DataOptions, FileExtent, Progress,
 };
 use crate::layout::Layout;
 use crate::output::Output;
@@ -187,12 +187,19 @@ pub(crate) fn hash_file(node: &Node, runs: &[(u64, u64)]) -> Result<u128> {
     let f = crate::scan::open_source(&node.path)?;
     let mut buf = vec![0u8; BTRFS_MAX_COMPRESSED as usize];
     let mut hashes = Vec::new();
-    for (off, len) in cut_ranges(runs) {
+    let ranges = cut_ranges(runs);
+    for (i, &(off, len)) in ranges.iter().enumerate() {
         let buf = &mut buf[..len as usize];
-        read_padded(&f, node, off, buf)?;
+        if i + 1 == ranges.len() {
+            read_checked(&f, node, off, buf)?;
+        } else {
+            read_padded(&f, node, off, buf)?;
+        }
         hashes.push(xxhash_rust::xxh3::xxh3_128(buf));
     }
-    check_size(&f, node)?;
+    if ranges.is_empty() {
+        check_size(&f, node)?;
+    }
     Ok(combine(hashes.into_iter()))
 }
 
@@ -240,8 +247,16 @@ fn compress_range(node: &Node, off: u64, len: u64, opts: &DataOptions) -> Result
     })
 }
 
-/// Write one batch through a staging buffer (one positional write per MiB)
-/// and return the checksums of each piece.
+/// Part of a write: bytes streamed into the staging buffer, or a piece's
+/// own buffer (written from where it is, not copied to the staging buffer).
+enum Part {
+    Staged(std::ops::Range<usize>),
+    Buffer(Vec<u8>),
+}
+
+/// Write one batch (one vectored positional write per MiB and stripe) and
+/// return the checksums of each piece. Streamed file data is read into a
+/// staging buffer; compressed extents are written from their own buffers.
 fn write_batch(
     batch: Batch,
     scan: &Scan,
@@ -255,17 +270,27 @@ fn write_batch(
         if st.len() < STAGE as usize {
             st.resize(STAGE as usize, 0);
         }
-        let mut fill = 0usize;
+        // `queued` bytes in `parts`, of which `fill` in the staging buffer.
+        let mut parts: Vec<Part> = Vec::new();
+        let (mut queued, mut fill) = (0usize, 0usize);
         let mut flushed = 0u64;
-        let flush = |st: &[u8], flushed: &mut u64| -> Result<()> {
+        let flush = |st: &[u8], parts: &mut Vec<Part>, queued: usize, flushed: &mut u64| {
+            let slices: Vec<&[u8]> = parts
+                .iter()
+                .map(|p| match p {
+                    Part::Staged(r) => &st[r.clone()],
+                    Part::Buffer(b) => &b[..],
+                })
+                .collect();
             for &p in &phys {
-                out.write_at(st, p + *flushed)?;
+                out.write_vectored_at(&slices, p + *flushed)?;
                 // Let the disk start now: the flush before the superblock
                 // then has little left to wait for.
-                out.start_writeback(p + *flushed, st.len() as u64);
+                out.start_writeback(p + *flushed, queued as u64);
             }
-            *flushed += st.len() as u64;
-            Ok(())
+            *flushed += queued as u64;
+            parts.clear();
+            Ok::<(), Error>(())
         };
         let mut result = Vec::with_capacity(pieces.len());
         for piece in pieces {
@@ -273,16 +298,16 @@ fn write_batch(
                 Vec::with_capacity((piece.len / opts.sectorsize) as usize * opts.csum.size());
             match piece.data {
                 PieceData::Buffer(buf) => {
-                    if fill + buf.len() > st.len() {
-                        flush(&st[..fill], &mut flushed)?;
-                        fill = 0;
+                    if queued + buf.len() > STAGE as usize {
+                        flush(&st, &mut parts, queued, &mut flushed)?;
+                        (queued, fill) = (0, 0);
                     }
-                    st[fill..fill + buf.len()].copy_from_slice(&buf);
                     sector_sums(&buf, opts, &mut sums);
-                    fill += buf.len();
+                    queued += buf.len();
                     progress
                         .bytes_out
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    parts.push(Part::Buffer(buf));
                 }
                 PieceData::Stream {
                     subvol,
@@ -293,26 +318,34 @@ fn write_batch(
                     let f = crate::scan::open_source(&node.path)?;
                     let mut done = 0u64;
                     while done < piece.len {
-                        if fill == st.len() {
-                            flush(&st[..fill], &mut flushed)?;
-                            fill = 0;
+                        if queued == STAGE as usize {
+                            flush(&st, &mut parts, queued, &mut flushed)?;
+                            (queued, fill) = (0, 0);
                         }
-                        let n = (piece.len - done).min((st.len() - fill) as u64) as usize;
+                        let n = (piece.len - done).min(STAGE - queued as u64) as usize;
                         let dst = &mut st[fill..fill + n];
-                        let want = read_padded(&f, node, file_offset + done, dst)?;
+                        let want = if done + n as u64 == piece.len {
+                            read_checked(&f, node, file_offset + done, dst)?
+                        } else {
+                            read_padded(&f, node, file_offset + done, dst)?
+                        };
                         sector_sums(dst, opts, &mut sums);
                         progress.bytes_in.fetch_add(want as u64, Ordering::Relaxed);
                         progress.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        match parts.last_mut() {
+                            Some(Part::Staged(r)) if r.end == fill => r.end += n,
+                            _ => parts.push(Part::Staged(fill..fill + n)),
+                        }
                         fill += n;
+                        queued += n;
                         done += n as u64;
                     }
-                    check_size(&f, node)?;
                 }
             }
             result.push((piece.logical, sums));
         }
-        if fill > 0 {
-            flush(&st[..fill], &mut flushed)?;
+        if queued > 0 {
+            flush(&st, &mut parts, queued, &mut flushed)?;
         }
         Ok(result)
     })

@@ -42,46 +42,75 @@ fn write_data(
         .map(|e| e.to_string())
 }
 
-/// The file changes between the scan and the read: shrinks, grows, vanishes.
+/// The file changes between the scan and the read: shrinks, grows (by one
+/// byte is enough), vanishes. Sizes cover inline files, files of up to a
+/// sector, one-range and many-range files, and a file that ends in a hole
+/// (its last read stops before the end).
 #[test]
 fn files_changing_during_the_import() {
     for (what, change, want) in [
-        ("shrinks", 0, "shrank while being read"),
-        ("grows", 1, "changed size while being read"),
-        ("vanishes", 2, "cannot open"),
+        // A read that ends early, or the size checked after a read.
+        (
+            "shrinks",
+            0,
+            &["shrank while being read", "changed size while being read"][..],
+        ),
+        ("grows", 1, &["changed size while being read"]),
+        ("vanishes", 2, &["cannot open"]),
     ] {
-        for compressed in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let src = dir.path().join("src");
-            std::fs::create_dir(&src).unwrap();
-            let victim = src.join("victim");
-            std::fs::write(&victim, vec![7u8; 300_000]).unwrap();
-            std::fs::write(src.join("other"), vec![1u8; 10_000]).unwrap();
-            let tree = scan(&src, &ScanOptions::default()).unwrap();
-            match change {
-                0 => std::fs::File::options()
-                    .write(true)
-                    .open(&victim)
-                    .unwrap()
-                    .set_len(1000)
-                    .unwrap(),
-                1 => std::fs::write(&victim, vec![7u8; 400_000]).unwrap(),
-                _ => std::fs::remove_file(&victim).unwrap(),
+        for (size, hole) in [
+            (1000u64, false),
+            (3000, false),
+            (9000, false),
+            (300_000, false),
+            (300_000, true),
+        ] {
+            for compressed in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let src = dir.path().join("src");
+                std::fs::create_dir(&src).unwrap();
+                let victim = src.join("victim");
+                let f = std::fs::File::create(&victim).unwrap();
+                let data = if hole { 100_000 } else { size };
+                std::io::Write::write_all(&mut &f, &vec![7u8; data as usize]).unwrap();
+                f.set_len(size).unwrap();
+                std::fs::write(src.join("other"), vec![1u8; 10_000]).unwrap();
+                let tree = scan(&src, &ScanOptions::default()).unwrap();
+                match change {
+                    0 => f.set_len(size / 2).unwrap(),
+                    1 => f.set_len(size + 1).unwrap(),
+                    _ => std::fs::remove_file(&victim).unwrap(),
+                }
+                drop(f);
+                check_changed(&tree, &dir, compressed, what, want, size, hole);
             }
-            let img = dir.path().join("x.img");
-            let mut o = opts();
-            if compressed {
-                o.compression = btrfs_writer::compress::Compression::parse("zstd", true).unwrap();
-            }
-            let err = write_data(&tree, &img, &o, 2)
-                .unwrap_or_else(|| panic!("{what} (compressed {compressed}): no error"));
-            assert!(
-                err.contains("victim") && err.contains(want),
-                "{what}: {err}"
-            );
-            assert!(!forge_oracle::looks_like_btrfs(&img));
         }
     }
+}
+
+/// Write `tree` after its file changed; the error must name it and say
+/// one of `want`, and leave no filesystem.
+fn check_changed(
+    tree: &btrfs_writer::scan::Scan,
+    dir: &tempfile::TempDir,
+    compressed: bool,
+    what: &str,
+    want: &[&str],
+    size: u64,
+    hole: bool,
+) {
+    let case = format!("{what} (size {size}, hole {hole}, compressed {compressed})");
+    let img = dir.path().join("x.img");
+    let mut o = opts();
+    if compressed {
+        o.compression = btrfs_writer::compress::Compression::parse("zstd", true).unwrap();
+    }
+    let err = write_data(tree, &img, &o, 2).unwrap_or_else(|| panic!("{case}: no error"));
+    assert!(
+        err.contains("victim") && want.iter().any(|w| err.contains(w)),
+        "{case}: {err}"
+    );
+    assert!(!forge_oracle::looks_like_btrfs(&img));
 }
 
 /// With several bad files, the error names the first in file order, whatever
