@@ -47,6 +47,15 @@ pub struct Progress {
     pub bytes_out: AtomicU64,
 }
 
+impl Progress {
+    /// A file that went inline: `ram` bytes read, `stored` kept in the tree.
+    fn note_inline(&self, ram: u64, stored: usize) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(ram, Ordering::Relaxed);
+        self.bytes_out.fetch_add(stored as u64, Ordering::Relaxed);
+    }
+}
+
 /// How file data is stored.
 #[derive(Debug, Clone)]
 pub struct DataOptions {
@@ -537,6 +546,7 @@ fn decide_maybe_inline(
     scan: &Scan,
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
+    progress: &Progress,
 ) -> Vec<(usize, usize)> {
     let todo = positions(classes, |c| matches!(c, Class::MaybeInline { .. }));
     enum Decided {
@@ -562,6 +572,8 @@ fn decide_maybe_inline(
     for (&(si, ni), d) in todo.iter().zip(decided) {
         let c = &mut classes[si][ni];
         if let Decided::Inline(data, compression) = d {
+            let size = scan.subvols[si].nodes[ni].stat.size;
+            progress.note_inline(size, data.len());
             *c = Class::Inline {
                 data,
                 ram: scan.subvols[si].nodes[ni].stat.size,
@@ -591,7 +603,7 @@ fn first_in_order(
     opts: &DataOptions,
     (at, e): Located,
 ) -> Error {
-    match read_inline(pool, scan, classes, opts) {
+    match read_inline(pool, scan, classes, opts, &Progress::default()) {
         Err((first, earlier)) if first < at => earlier,
         _ => e,
     }
@@ -620,12 +632,19 @@ fn read_inline(
     scan: &Scan,
     classes: &mut [Vec<Class>],
     opts: &DataOptions,
+    progress: &Progress,
 ) -> std::result::Result<(), Located> {
     let later = positions(classes, |c| matches!(c, Class::InlineLater));
     let read: Vec<Result<Class>> = pool.install(|| {
         later
             .par_iter()
-            .map(|&(si, ni)| inline_class(&scan.subvols[si].nodes[ni], opts))
+            .map(|&(si, ni)| {
+                let c = inline_class(&scan.subvols[si].nodes[ni], opts)?;
+                if let Class::Inline { data, ram, .. } = &c {
+                    progress.note_inline(*ram, data.len());
+                }
+                Ok(c)
+            })
             .collect()
     });
     for (&(si, ni), c) in later.iter().zip(read) {
@@ -766,10 +785,21 @@ pub fn write_all(
     if let Some(f) = failed {
         return Err(first_in_order(pool, scan, &mut classes, opts, f));
     }
+    // Files without data are done already.
+    let empty = flat
+        .iter()
+        .filter(|&&(si, ni)| {
+            matches!(classes[si][ni], Class::Empty)
+                && matches!(scan.subvols[si].nodes[ni].kind, Kind::File)
+        })
+        .count();
+    progress
+        .files_done
+        .fetch_add(empty as u64, Ordering::Relaxed);
     timing.mark("classify");
     // Files compression may bring inline are decided now, before data chunks
     // are sized: the ones that stay extents go through the pipeline.
-    let small_nocompress = decide_maybe_inline(pool, scan, &mut classes, opts);
+    let small_nocompress = decide_maybe_inline(pool, scan, &mut classes, opts, progress);
     timing.mark("small files that may go inline");
     // 2. Deduplication candidates (decided in the pipeline).
     let mut candidates = if opts.dedupe {
@@ -789,6 +819,18 @@ pub fn write_all(
         Err(Error::NoSpace(_)) if opts.dedupe => {
             if let Err(f) = dedupe_prepass(pool, scan, &mut classes, &mut candidates) {
                 return Err(first_in_order(pool, scan, &mut classes, opts, f));
+            }
+            // Copies found now are done: they share their owner's extents.
+            for (si, sv) in classes.iter().enumerate() {
+                for (ni, _) in sv
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c, Class::Dup { .. }))
+                {
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    let size = scan.subvols[si].nodes[ni].stat.size;
+                    progress.bytes_in.fetch_add(size, Ordering::Relaxed);
+                }
             }
             *layout = before;
             let worst = worst_case(&classes, opts);
@@ -824,7 +866,7 @@ pub fn write_all(
     // in order is reported, as if everything had been read in order.
     let outcome = match outcome {
         Ok(o) => {
-            read_inline(pool, scan, &mut classes, opts).map_err(|(_, e)| e)?;
+            read_inline(pool, scan, &mut classes, opts, progress).map_err(|(_, e)| e)?;
             o
         }
         Err(crate::pipeline::Failure {
@@ -932,9 +974,6 @@ pub fn write_all(
                 if flags & BTRFS_INODE_COMPRESS != 0 {
                     incompat |= c.incompat_flag();
                 }
-            }
-            if matches!(node.kind, Kind::File) {
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
             }
             f.push(data);
             fl.push(flags);

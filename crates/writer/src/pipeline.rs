@@ -935,6 +935,7 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
 }
 
 fn finish_file(co: &mut Coordinator) {
+    co.progress.files_done.fetch_add(1, Ordering::Relaxed);
     co.window.pop_front();
     co.spawnable.remove(&co.base);
     co.base += 1;
@@ -1054,6 +1055,8 @@ fn handle(co: &mut Coordinator, msg: Msg, sp: &Spawner) {
                         .sum();
                     co.charged -= freed;
                     co.classes[si][ni] = Class::Dup { owner };
+                    let size = co.node(si, ni).stat.size;
+                    co.progress.bytes_in.fetch_add(size, Ordering::Relaxed);
                     if slot == co.base {
                         finish_file(co);
                     }
