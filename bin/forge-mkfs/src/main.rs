@@ -226,6 +226,7 @@ fn run(args: Args) -> Result<()> {
                 uid: args.uid.or(args.all_root.then_some(0)),
                 gid: args.gid.or(args.all_root.then_some(0)),
                 clamp: clamp_epoch()?,
+                ..ScanOptions::default()
             };
             let started = std::time::Instant::now();
             let bar = progress::start(&opts.progress, args.quiet);

@@ -40,11 +40,18 @@ pub fn start(p: &Arc<Progress>, quiet: bool) -> Option<Bar> {
             } else {
                 1.0
             };
-            bar.set_message(format!(
-                "files {}/{} ratio {ratio:.2}",
+            let (done, files) = (
                 p.files_done.load(Ordering::Relaxed),
-                p.files_total.load(Ordering::Relaxed)
-            ));
+                p.files_total.load(Ordering::Relaxed),
+            );
+            bar.set_message(if !p.data_started.load(Ordering::Relaxed) {
+                // The data step has not started: the scan is walking the tree.
+                format!("scanning: {} entries", p.scanned.load(Ordering::Relaxed))
+            } else if done == files {
+                format!("files {done}/{files} ratio {ratio:.2}, writing metadata")
+            } else {
+                format!("files {done}/{files} ratio {ratio:.2}")
+            });
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();

@@ -38,6 +38,10 @@ pub const DATA_CHUNK_MAX: u64 = 1 << 30;
 /// Live counters for a progress display (updated by the workers).
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Directory entries seen by the scan so far.
+    pub scanned: AtomicU64,
+    /// Set when the data step starts (the scan is over).
+    pub data_started: std::sync::atomic::AtomicBool,
     pub files_total: AtomicU64,
     pub files_done: AtomicU64,
     pub bytes_total: AtomicU64,
@@ -560,7 +564,11 @@ fn decide_maybe_inline(
         todo.par_iter()
             .map(
                 |&(si, ni)| match read_small(&scan.subvols[si].nodes[ni], opts) {
-                    Ok((z, t)) if t != BTRFS_COMPRESS_NONE => Decided::Inline(z, t),
+                    Ok((z, t)) if t != BTRFS_COMPRESS_NONE => {
+                        // Counted now, so that the bar moves while they are read.
+                        progress.note_inline(scan.subvols[si].nodes[ni].stat.size, z.len());
+                        Decided::Inline(z, t)
+                    }
                     Ok(_) => Decided::Raw,
                     Err(_) => Decided::Unread,
                 },
@@ -572,8 +580,6 @@ fn decide_maybe_inline(
     for (&(si, ni), d) in todo.iter().zip(decided) {
         let c = &mut classes[si][ni];
         if let Decided::Inline(data, compression) = d {
-            let size = scan.subvols[si].nodes[ni].stat.size;
-            progress.note_inline(size, data.len());
             *c = Class::Inline {
                 data,
                 ram: scan.subvols[si].nodes[ni].stat.size,
@@ -757,6 +763,7 @@ pub fn write_all(
         .filter(|&&(si, ni)| matches!(scan.subvols[si].nodes[ni].kind, Kind::File))
         .count() as u64;
     progress.files_total.store(files_total, Ordering::Relaxed);
+    progress.data_started.store(true, Ordering::Relaxed);
     progress.bytes_total.store(
         flat.iter()
             .map(|&(si, ni)| &scan.subvols[si].nodes[ni])

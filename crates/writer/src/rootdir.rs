@@ -105,7 +105,11 @@ fn build(
     pool: &rayon::ThreadPool,
 ) -> Result<MkfsReport> {
     let mut timing = crate::Timing::new(false);
-    let tree = pool.install(|| scan(&opts.rootdir, &opts.scan))?;
+    let scan_opts = ScanOptions {
+        progress: opts.progress.clone(),
+        ..opts.scan.clone()
+    };
+    let tree = pool.install(|| scan(&opts.rootdir, &scan_opts))?;
     timing.mark("scan");
     let m = cfg.metadata_profile;
     let mut layout = Layout {

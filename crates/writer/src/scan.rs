@@ -142,6 +142,9 @@ pub struct ScanOptions {
     pub gid: Option<u32>,
     /// Clamp every time newer than this (SOURCE_DATE_EPOCH).
     pub clamp: Option<i64>,
+    /// Counters for a progress display: the scan counts the entries it
+    /// has seen (`scanned`).
+    pub progress: std::sync::Arc<crate::data::Progress>,
 }
 
 /// The scanned tree.
@@ -423,6 +426,9 @@ fn read_listing(fd: BorrowedFd<'_>, dir: &Path, opts: &ScanOptions) -> Result<Ve
                 )));
             }
             let md = lstat_at(fd, &cname, &path, opts)?;
+            opts.progress
+                .scanned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let kind = kind_at(fd, &cname, &path, md.stat.mode)?;
             let xattrs = read_xattrs_at(fd, &cname, &path)?;
             let sub = md.is_dir().then(|| {

@@ -1,7 +1,7 @@
-//! The live counters behind the progress bar end at the totals: every file
-//! counted once as done, every byte once as read, whichever way the file
-//! went (empty, inline, compressed inline, raw or compressed extents, a
-//! duplicate).
+//! The live counters behind the progress bar end at the totals: every entry
+//! counted once by the scan, every file once as done, every byte once as
+//! read, whichever way the file went (empty, inline, compressed inline, raw
+//! or compressed extents, a duplicate).
 use std::sync::atomic::Ordering;
 
 use btrfs_writer::compress::Compression;
@@ -48,7 +48,15 @@ fn counters_end_at_the_totals() {
     put("big_noise", bytes(300_000, false, 6));
     put("sub/copy_of_big_text", bytes(700_000, true, 5));
     put("sub/copy_of_sector_noise", bytes(3500, false, 4));
-    let tree = scan(&src, &ScanOptions::default()).unwrap();
+    let counters = std::sync::Arc::new(Progress::default());
+    let so = ScanOptions {
+        progress: counters.clone(),
+        ..ScanOptions::default()
+    };
+    let tree = scan(&src, &so).unwrap();
+    // Every entry below the root: the files and `sub`.
+    assert_eq!(counters.scanned.load(Ordering::Relaxed), files + 1);
+    assert_eq!(tree.node_count() as u64, files + 2);
     for (compress, dedupe) in [(false, false), (true, false), (true, true), (false, true)] {
         let o = DataOptions {
             sectorsize: 4096,
@@ -74,8 +82,10 @@ fn counters_end_at_the_totals() {
             .build()
             .unwrap();
         let p = Progress::default();
+        assert!(!p.data_started.load(Ordering::Relaxed));
         data::write_all(&pool, &tree, &mut layout, &mut open, &o, &p).unwrap();
         let case = format!("compress {compress}, dedupe {dedupe}");
+        assert!(p.data_started.load(Ordering::Relaxed), "{case}");
         assert_eq!(p.files_total.load(Ordering::Relaxed), files, "{case}");
         assert_eq!(p.files_done.load(Ordering::Relaxed), files, "{case}");
         assert_eq!(p.bytes_total.load(Ordering::Relaxed), total, "{case}");
