@@ -793,12 +793,9 @@ pub fn write_all(
         return Err(first_in_order(pool, scan, &mut classes, opts, f));
     }
     // Files without data are done already.
-    let empty = flat
-        .iter()
-        .filter(|&&(si, ni)| {
-            matches!(classes[si][ni], Class::Empty)
-                && matches!(scan.subvols[si].nodes[ni].kind, Kind::File)
-        })
+    let empty = positions(&classes, |c| matches!(c, Class::Empty))
+        .into_iter()
+        .filter(|&(si, ni)| matches!(scan.subvols[si].nodes[ni].kind, Kind::File))
         .count();
     progress
         .files_done
@@ -828,16 +825,10 @@ pub fn write_all(
                 return Err(first_in_order(pool, scan, &mut classes, opts, f));
             }
             // Copies found now are done: they share their owner's extents.
-            for (si, sv) in classes.iter().enumerate() {
-                for (ni, _) in sv
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| matches!(c, Class::Dup { .. }))
-                {
-                    progress.files_done.fetch_add(1, Ordering::Relaxed);
-                    let size = scan.subvols[si].nodes[ni].stat.size;
-                    progress.bytes_in.fetch_add(size, Ordering::Relaxed);
-                }
+            for (si, ni) in positions(&classes, |c| matches!(c, Class::Dup { .. })) {
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                let size = scan.subvols[si].nodes[ni].stat.size;
+                progress.bytes_in.fetch_add(size, Ordering::Relaxed);
             }
             *layout = before;
             let worst = worst_case(&classes, opts);

@@ -143,7 +143,9 @@ pub struct ScanOptions {
     /// Clamp every time newer than this (SOURCE_DATE_EPOCH).
     pub clamp: Option<i64>,
     /// Counters for a progress display: the scan counts the entries it
-    /// has seen (`scanned`).
+    /// has seen (`scanned`). `make_rootdir_filesystem` sets this to
+    /// `RootdirOptions::progress`, so that one set of counters covers the
+    /// whole run.
     pub progress: std::sync::Arc<crate::data::Progress>,
 }
 
