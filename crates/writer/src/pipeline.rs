@@ -5,7 +5,8 @@
 //!
 //! No barrier stops the workers between these steps: the coordinator keeps the
 //! pool fed with compression tasks ahead of the allocation point (within the
-//! memory budget) and hands out write tasks as soon as ranges have addresses.
+//! memory budget) and queues batches for the write lanes as soon as ranges
+//! have addresses.
 //! Allocation only ever depends on file contents and options, never on which
 //! task finished first, so the image is byte-identical whatever the thread
 //! count.
@@ -488,6 +489,12 @@ pub fn run(
     let sh = Shared {
         co: Mutex::new(co),
         inbox: Mutex::new(Vec::new()),
+        lane: Mutex::new(Lane::default()),
+        lanes: if opts.compression.is_some() {
+            1
+        } else {
+            pool.current_num_threads().max(1)
+        },
         limit: AtomicUsize::new(usize::MAX),
         panicked: AtomicBool::new(false),
         scan,
@@ -540,6 +547,13 @@ struct Shared<'a> {
     co: Mutex<Coordinator<'a>>,
     /// Results of finished tasks not yet seen by the coordinator.
     inbox: Mutex<Vec<Msg>>,
+    /// Batches waiting to be written.
+    lane: Mutex<Lane>,
+    /// Most write lanes at once: one when compressing, so that writers never
+    /// queue on the image file's lock (the kernel spins for it) while there
+    /// is compression to do; one per thread when streaming raw data, whose
+    /// reads and checksums are the work.
+    lanes: usize,
     /// Tasks of this slot and later are skipped (set at the first failure).
     limit: AtomicUsize,
     panicked: AtomicBool,
@@ -547,6 +561,13 @@ struct Shared<'a> {
     opts: &'a DataOptions,
     out: &'a Output,
     progress: &'a Progress,
+}
+
+/// The write lanes' queue.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Batch>,
+    running: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -607,7 +628,24 @@ fn deliver<'scope, 'a: 'scope>(
     }
 }
 
-/// Hands tasks to the pool; each task delivers exactly one message.
+/// Run a task's `work` for a file at `slot` holding `charged` bytes, unless
+/// the slot is past the first failure; a panic stops the pipeline.
+fn guarded(sh: &Shared, slot: usize, charged: u64, work: impl FnOnce() -> Msg) -> Msg {
+    if slot >= sh.limit.load(Ordering::SeqCst) {
+        return Msg::Skipped { charged };
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(m) => m,
+        Err(_) => {
+            sh.limit.store(0, Ordering::SeqCst);
+            sh.panicked.store(true, Ordering::SeqCst);
+            Msg::Skipped { charged }
+        }
+    }
+}
+
+/// Hands tasks to the pool; each task delivers exactly one message, except a
+/// write lane, which delivers one per batch it writes.
 struct Spawner<'s, 'scope, 'a: 'scope> {
     s: &'s rayon::ScopeFifo<'scope>,
     sh: &'scope Shared<'a>,
@@ -619,18 +657,7 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
     fn task(&self, slot: usize, charged: u64, work: impl FnOnce() -> Msg + Send + 'scope) {
         let sh = self.sh;
         self.s.spawn_fifo(move |s| {
-            let msg = if slot >= sh.limit.load(Ordering::SeqCst) {
-                Msg::Skipped { charged }
-            } else {
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        sh.limit.store(0, Ordering::SeqCst);
-                        sh.panicked.store(true, Ordering::SeqCst);
-                        Msg::Skipped { charged }
-                    }
-                }
-            };
+            let msg = guarded(sh, slot, charged, work);
             deliver(sh, s, Some(msg));
         });
     }
@@ -672,20 +699,44 @@ impl<'scope, 'a: 'scope> Spawner<'_, 'scope, 'a> {
         });
     }
 
-    /// Hand the current batch to a write task.
+    /// Queue the current batch for a write lane, starting one if fewer than
+    /// `lanes` run.
     fn flush(&self, co: &mut Coordinator) {
         if co.batch.pieces.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut co.batch);
-        let (slot, charged) = (batch.slot, batch.charged);
-        let sh = self.sh;
-        let (scan, opts, out, progress) = (sh.scan, sh.opts, sh.out, sh.progress);
         co.in_flight += 1;
-        self.task(slot, charged, move || Msg::Written {
-            slot,
-            charged,
-            out: write_batch(batch, scan, out, opts, progress),
+        let mut lane = lock(&self.sh.lane);
+        lane.queue.push_back(batch);
+        if lane.running < self.sh.lanes {
+            lane.running += 1;
+            drop(lane);
+            self.write_lane();
+        }
+    }
+
+    /// A write lane: one task that writes queued batches, oldest first, until
+    /// none is left. Each batch still delivers its own message.
+    fn write_lane(&self) {
+        let sh = self.sh;
+        self.s.spawn_fifo(move |s| loop {
+            let batch = {
+                let mut lane = lock(&sh.lane);
+                let b = lane.queue.pop_front();
+                if b.is_none() {
+                    lane.running -= 1;
+                }
+                b
+            };
+            let Some(batch) = batch else { return };
+            let (slot, charged) = (batch.slot, batch.charged);
+            let msg = guarded(sh, slot, charged, || Msg::Written {
+                slot,
+                charged,
+                out: write_batch(batch, sh.scan, sh.out, sh.opts, sh.progress),
+            });
+            deliver(sh, s, Some(msg));
         });
     }
 }
