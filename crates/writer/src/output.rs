@@ -285,8 +285,19 @@ enum WritebackState {
     Unavailable,
 }
 
+/// Written data kept in the page cache behind the newest range started:
+/// older ranges are waited for and dropped from the cache.
+const DROP_BEHIND: u64 = 64 << 20;
+
 /// A thread that calls `sync_file_range(SYNC_FILE_RANGE_WRITE)` on ranges
-/// sent to it, merging neighbours that arrived together.
+/// sent to it, merging neighbours that arrived together, and drops ranges
+/// from the page cache once they are on disk and `DROP_BEHIND` bytes old.
+///
+/// The image is written once and not read back by us, so its pages only
+/// push other data out of the cache; and fresh page-cache pages cost more
+/// than reused ones, much more on a VM that hands free memory back to its
+/// host (measured on ours: copying 900 MB into new pages took from 0.13 s
+/// to 1.5 s of CPU from run to run; with the drop, 0.11 to 0.2 s).
 struct Writeback {
     tx: std::sync::mpsc::Sender<(u64, u64)>,
     thread: std::thread::JoinHandle<()>,
@@ -300,6 +311,9 @@ impl Writeback {
             .name("writeback".into())
             .spawn(move || {
                 let mut pending = Vec::new();
+                // Ranges started and still cached, oldest first, and their bytes.
+                let mut cached = std::collections::VecDeque::new();
+                let mut cached_bytes = 0u64;
                 while let Ok(r) = rx.recv() {
                     pending.push(r);
                     pending.extend(rx.try_iter());
@@ -323,8 +337,35 @@ impl Writeback {
                                 libc::SYNC_FILE_RANGE_WRITE,
                             );
                         }
+                        cached.push_back((start, end));
+                        cached_bytes += end - start;
                     }
                     pending.clear();
+                    while cached_bytes > DROP_BEHIND {
+                        let Some((start, end)) = cached.pop_front() else {
+                            break;
+                        };
+                        cached_bytes -= end - start;
+                        // SAFETY: as above. Waiting makes the pages clean, so
+                        // that the advice can drop them; errors are the final
+                        // flush's to report.
+                        unsafe {
+                            libc::sync_file_range(
+                                file.as_raw_fd(),
+                                start as libc::off64_t,
+                                (end - start) as libc::off64_t,
+                                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                                    | libc::SYNC_FILE_RANGE_WRITE
+                                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                            );
+                        }
+                        let _ = rustix::fs::fadvise(
+                            &file,
+                            start,
+                            std::num::NonZeroU64::new(end - start),
+                            rustix::fs::Advice::DontNeed,
+                        );
+                    }
                 }
             })
             .ok()?;
