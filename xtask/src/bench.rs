@@ -14,6 +14,9 @@ struct Opts {
     dir: Option<PathBuf>,
     runs: usize,
     json: Option<PathBuf>,
+    /// `--only NAME[,NAME...]`: run just these tools (names as in the table),
+    /// for a quicker comparison with more rounds.
+    only: Option<Vec<String>>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -21,12 +24,17 @@ fn parse(args: &[String]) -> Result<Opts> {
         dir: None,
         runs: 3,
         json: None,
+        only: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
             "--json" => o.json = Some(it.next().context("--json FILE")?.into()),
+            "--only" => {
+                let names = it.next().context("--only NAME[,NAME...]")?;
+                o.only = Some(names.split(',').map(|n| n.trim().to_string()).collect());
+            }
             s if s.starts_with('-') => bail!("unknown option {s}"),
             s => o.dir = Some(s.into()),
         }
@@ -572,6 +580,13 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             Some(presize),
             false,
         ));
+    }
+    if let Some(only) = &o.only {
+        if let Some(n) = only.iter().find(|n| !tools.iter().any(|t| &t.name == *n)) {
+            let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+            bail!("--only: no tool named '{n}' (tools: {})", names.join(", "));
+        }
+        tools.retain(|t| only.contains(&t.name));
     }
     let work = root.join("target/bench-out");
     std::fs::create_dir_all(&work)?;

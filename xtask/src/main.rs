@@ -147,7 +147,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fsck::fuzz(&args[1..]),
         Some("bench-fsck") => fsck::bench_fsck(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args] | cargo xtask bench [DIR] [--runs N] [--json FILE] | cargo xtask fuzz [--seconds N] [--libfuzzer] | cargo xtask bench-fsck [IMAGE] [--gib N] [--runs N]");
+            eprintln!("usage: cargo xtask test [cargo test args] | cargo xtask bench [DIR] [--runs N] [--json FILE] [--only NAME,...] | cargo xtask fuzz [--seconds N] [--libfuzzer] | cargo xtask bench-fsck [IMAGE] [--gib N] [--runs N]");
             return ExitCode::from(2);
         }
     };
