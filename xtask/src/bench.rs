@@ -404,10 +404,12 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     );
     read_all(&src);
     let lim = limits(&src);
-    let forge = root
-        .join("target/release/forge-mkfs")
-        .to_string_lossy()
-        .into_owned();
+    // FORGE_MKFS=PATH times another build (e.g. an older commit's).
+    let forge = std::env::var("FORGE_MKFS").unwrap_or_else(|_| {
+        root.join("target/release/forge-mkfs")
+            .to_string_lossy()
+            .into_owned()
+    });
     let cores = rayon::current_num_threads().to_string();
     let presize = bytes * 2 + 512 * MIB;
     let mut tools = vec![

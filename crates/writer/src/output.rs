@@ -290,8 +290,9 @@ enum WritebackState {
 const DROP_BEHIND: u64 = 64 << 20;
 
 /// A thread that calls `sync_file_range(SYNC_FILE_RANGE_WRITE)` on ranges
-/// sent to it, merging neighbours that arrived together, and drops ranges
-/// from the page cache once they are on disk and `DROP_BEHIND` bytes old.
+/// sent to it, merging neighbours that arrived together, and one that drops
+/// ranges from the page cache once they are on disk and `DROP_BEHIND` bytes
+/// old.
 ///
 /// The image is written once and not read back by us, so its pages only
 /// push other data out of the cache; and fresh page-cache pages cost more
@@ -306,6 +307,37 @@ struct Writeback {
 impl Writeback {
     fn start(file: File) -> Option<Writeback> {
         use std::os::fd::AsRawFd;
+        let file = std::sync::Arc::new(file);
+        // Waiting for old ranges happens on a second thread, so that it
+        // never delays the start of new ones.
+        let (drop_tx, drop_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let f = file.clone();
+        let dropper = std::thread::Builder::new()
+            .name("drop-cache".into())
+            .spawn(move || {
+                while let Ok((start, end)) = drop_rx.recv() {
+                    // SAFETY: a plain syscall on a descriptor this thread
+                    // holds. Waiting makes the pages clean, so that the
+                    // advice can drop them; errors are the final flush's.
+                    unsafe {
+                        libc::sync_file_range(
+                            f.as_raw_fd(),
+                            start as libc::off64_t,
+                            (end - start) as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                                | libc::SYNC_FILE_RANGE_WRITE
+                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                        );
+                    }
+                    let _ = rustix::fs::fadvise(
+                        &*f,
+                        start,
+                        std::num::NonZeroU64::new(end - start),
+                        rustix::fs::Advice::DontNeed,
+                    );
+                }
+            })
+            .ok()?;
         let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
         let thread = std::thread::Builder::new()
             .name("writeback".into())
@@ -327,7 +359,7 @@ impl Writeback {
                             i += 1;
                         }
                         // SAFETY: a plain syscall on a descriptor this
-                        // thread owns. The result is only advice: a write
+                        // thread holds. The result is only advice: a write
                         // error shows up in the final flush, which is checked.
                         unsafe {
                             libc::sync_file_range(
@@ -346,27 +378,11 @@ impl Writeback {
                             break;
                         };
                         cached_bytes -= end - start;
-                        // SAFETY: as above. Waiting makes the pages clean, so
-                        // that the advice can drop them; errors are the final
-                        // flush's to report.
-                        unsafe {
-                            libc::sync_file_range(
-                                file.as_raw_fd(),
-                                start as libc::off64_t,
-                                (end - start) as libc::off64_t,
-                                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                    | libc::SYNC_FILE_RANGE_WRITE
-                                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                            );
-                        }
-                        let _ = rustix::fs::fadvise(
-                            &file,
-                            start,
-                            std::num::NonZeroU64::new(end - start),
-                            rustix::fs::Advice::DontNeed,
-                        );
+                        let _ = drop_tx.send((start, end));
                     }
                 }
+                drop(drop_tx);
+                let _ = dropper.join();
             })
             .ok()?;
         Some(Writeback { tx, thread })
