@@ -838,6 +838,7 @@ pub fn write_all(
         Err(e) => return Err(e),
     };
     timing.mark("open the output");
+    out.set_drop_behind(opts.compression.is_some());
     let alloc = DataAlloc::new(&chunks);
     // 3. The pipeline: files with data extents in (subvolume, inode) order.
     let order: Vec<(usize, usize)> = flat
