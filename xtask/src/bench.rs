@@ -1,5 +1,6 @@
 //! `cargo xtask bench [DIR]`: forge-mkfs against the reference tools on one
 //! tree, in one run, interleaved, with the machine's own limits measured.
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -232,12 +233,25 @@ fn limits(dir: &Path) -> Vec<(String, f64)> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
+    // Each thread reads into one buffer it keeps, as the writer does: a
+    // fresh allocation per file costs page faults (on a VM that hands free
+    // memory back to its host, many), which would lower the limit below
+    // what a writer can reach.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let each = |f: &PathBuf, work: &(dyn Fn(&[u8]) + Sync)| {
-        if let Ok(d) = std::fs::read(f) {
-            for c in d.chunks(128 << 10) {
-                work(c);
+        BUF.with_borrow_mut(|d| {
+            d.clear();
+            if std::fs::File::open(f)
+                .and_then(|mut h| h.read_to_end(d))
+                .is_ok()
+            {
+                for c in d.chunks(128 << 10) {
+                    work(c);
+                }
             }
-        }
+        })
     };
     let rate = |work: &(dyn Fn(&[u8]) + Sync), par: bool| {
         let t = Instant::now();
@@ -593,6 +607,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let work = root.join("target/bench-out");
     std::fs::create_dir_all(&work)?;
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
+    // Each tool's time in each round, for ratios of runs made close together.
+    let mut by_round: Vec<HashMap<usize, f64>> = tools.iter().map(|_| HashMap::new()).collect();
     for run in 0..o.runs {
         // Rotate the order each round: whichever tool runs first after the
         // previous round's last (a 2.6 GB ext4 image) pays for its writeback.
@@ -606,7 +622,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             }
             eprintln!("bench: run {}/{}: {}", run + 1, o.runs, t.name);
             match run_one(t, &src, &out) {
-                Ok(s) => samples[i].push(s),
+                Ok(s) => {
+                    by_round[i].insert(run, s.secs);
+                    samples[i].push(s)
+                }
                 Err(e) => eprintln!("bench: {e:#}"),
             }
             let _ = std::fs::remove_file(&out);
@@ -695,12 +714,40 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         ("forge-mkfs zstd:3", "mkfs.erofs (EROFS_UTILS) zstd:3"),
         ("forge-mkfs --shrink", "mkfs.erofs"),
     ];
+    // Besides the ratio of medians, the median of each round's ratio: the
+    // two tools of a round ran within seconds of each other, so a slow
+    // period of the machine (on a VM, minutes long) slows both.
+    let round_ratios = |ours: usize, theirs: usize| -> Vec<f64> {
+        let mut r: Vec<f64> = by_round[ours]
+            .iter()
+            .filter_map(|(run, &a)| by_round[theirs].get(run).map(|&b| b / a))
+            .collect();
+        r.sort_by(|a, b| a.total_cmp(b));
+        r
+    };
+    let index = |name: &str| tools.iter().position(|t| t.name == name);
     let mut ratios = Vec::new();
-    table.push_str("\nspeed ratios (reference time / ours):\n");
+    table.push_str(
+        "\nspeed ratios (reference time / ours: of the medians; median and range of each round's):\n",
+    );
     for (ours, theirs) in pairs {
         if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
-            table.push_str(&format!("  {ours} vs {theirs}: {:.2}x\n", b.0 / a.0));
-            ratios.push(serde_json::json!({"ours": ours, "reference": theirs, "ratio": b.0 / a.0}));
+            let per_round = match (index(ours), index(theirs)) {
+                (Some(i), Some(j)) => round_ratios(i, j),
+                _ => Vec::new(),
+            };
+            let paired = (!per_round.is_empty()).then(|| per_round[per_round.len() / 2]);
+            let line = match (paired, per_round.first(), per_round.last()) {
+                (Some(m), Some(lo), Some(hi)) if per_round.len() > 1 => {
+                    format!("{:.2}x; {m:.2}x ({lo:.2}–{hi:.2}x)", b.0 / a.0)
+                }
+                _ => format!("{:.2}x", b.0 / a.0),
+            };
+            table.push_str(&format!("  {ours} vs {theirs}: {line}\n"));
+            ratios.push(serde_json::json!({
+                "ours": ours, "reference": theirs, "ratio": b.0 / a.0,
+                "round_ratios": per_round, "round_ratio_median": paired,
+            }));
         }
     }
     println!("{table}");
