@@ -310,6 +310,8 @@ fn tool(name: &str, cmd: &[&str], presize: Option<u64>, compressed: bool) -> Too
 
 struct Sample {
     secs: f64,
+    /// User + system CPU seconds.
+    cpu: f64,
     rss_kib: u64,
     size: u64,
     alloc: u64,
@@ -326,7 +328,34 @@ fn warm_memory(bytes: usize) {
     std::hint::black_box(&v);
 }
 
-/// Run one command, returning wall time and peak RSS (wait4 rusage).
+/// A fixed piece of work's time on one thread, and how much longer two
+/// threads take than one on it: 1.0 when the machine has two free cores;
+/// more when its host takes time from one of them (on our VM, up to 1.9x
+/// for minutes). Either slows the tools of that round, and shows in their
+/// CPU seconds.
+fn contention() -> (f64, f64) {
+    fn spin() -> f64 {
+        let t = Instant::now();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..25_000_000u64 {
+            x = std::hint::black_box(
+                x.wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407),
+            );
+        }
+        std::hint::black_box(x);
+        t.elapsed().as_secs_f64()
+    }
+    let one = spin();
+    let two = std::thread::scope(|s| {
+        let a = s.spawn(spin);
+        let b = spin();
+        a.join().unwrap_or(b).max(b)
+    });
+    (one, two / one)
+}
+
+/// Run one command, returning wall time, CPU time and peak RSS.
 fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
     let _ = std::fs::remove_file(out);
     // Same start for every tool: earlier outputs flushed, the source tree in
@@ -352,7 +381,7 @@ fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
     let start = Instant::now();
     let o = Command::new("/usr/bin/time")
         .arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(&rss_file)
         .args(&args)
@@ -369,16 +398,24 @@ fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
             err.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
         );
     }
-    let rss_kib = std::fs::read_to_string(&rss_file)?
+    let report = std::fs::read_to_string(&rss_file)?;
+    let fields: Vec<&str> = report
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let rss_kib = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
+    let cpu: f64 = fields[1.min(fields.len())..]
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
     let _ = std::fs::remove_file(&rss_file);
     let m = std::fs::metadata(out)?;
     use std::os::unix::fs::MetadataExt;
     Ok(Sample {
         secs,
+        cpu,
         rss_kib,
         size: m.len(),
         alloc: m.blocks() * 512,
@@ -609,7 +646,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
     // Each tool's time in each round, for ratios of runs made close together.
     let mut by_round: Vec<HashMap<usize, f64>> = tools.iter().map(|_| HashMap::new()).collect();
+    let mut probes = Vec::new();
     for run in 0..o.runs {
+        probes.push(contention());
         // Rotate the order each round: whichever tool runs first after the
         // previous round's last (a 2.6 GB ext4 image) pays for its writeback.
         let n = tools.len();
@@ -639,7 +678,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         t.sort_by(|a, b| a.total_cmp(b));
         t
     };
-    let med = |i: usize| -> Option<(f64, u64, u64, u64)> {
+    let cpus = |i: usize| -> Vec<f64> { samples[i].iter().map(|x| x.cpu).collect() };
+    let med = |i: usize| -> Option<(f64, u64, u64, u64, f64)> {
         let s = &samples[i];
         if s.is_empty() {
             return None;
@@ -649,6 +689,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
             s[0].size,
             s[0].alloc,
+            median(&mut cpus(i)),
         ))
     };
     let find = |name: &str| tools.iter().position(|t| t.name == name).and_then(med);
@@ -660,18 +701,18 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         bytes as f64 / MIB as f64,
         o.runs
     ));
-    table.push_str("| tool | time (s) | min–max (s) | MB/s | vs mkfs.btrfs | image size (MiB) | allocated (MiB) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    table.push_str("| tool | time (s) | min–max (s) | CPU (s) | MB/s | vs mkfs.btrfs | image size (MiB) | allocated (MiB) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json = Vec::new();
     for (i, t) in tools.iter().enumerate() {
-        let Some((secs, rss, size, alloc)) = med(i) else {
-            table.push_str(&format!("| {} | failed | | | | | | |\n", t.name));
+        let Some((secs, rss, size, alloc, cpu)) = med(i) else {
+            table.push_str(&format!("| {} | failed | | | | | | | |\n", t.name));
             continue;
         };
         let rate = bytes as f64 / secs / 1e6;
         let vs = reference.map(|r| r.0 / secs);
         let all = times(i);
         table.push_str(&format!(
-            "| {} | {secs:.2} | {:.2}–{:.2} | {rate:.0} | {} | {:.1} | {:.1} | {:.0} |\n",
+            "| {} | {secs:.2} | {:.2}–{:.2} | {cpu:.2} | {rate:.0} | {} | {:.1} | {:.1} | {:.0} |\n",
             t.name,
             all[0],
             all[all.len() - 1],
@@ -681,9 +722,26 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             rss as f64 / 1024.0
         ));
         json.push(serde_json::json!({
-            "tool": t.name, "seconds": secs, "samples": all, "mb_per_s": rate, "speedup_vs_mkfs_btrfs": vs,
+            "tool": t.name, "seconds": secs, "samples": all, "cpu_seconds": cpu, "cpu_samples": cpus(i), "mb_per_s": rate, "speedup_vs_mkfs_btrfs": vs,
             "image_bytes": size, "allocated_bytes": alloc, "peak_rss_kib": rss, "compressed": t.compressed,
         }));
+    }
+    if !probes.is_empty() {
+        let sorted = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = probes.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v
+        };
+        let (one, two) = (sorted(|p| p.0 * 1e3), sorted(|p| p.1));
+        table.push_str(&format!(
+            "\nthe machine before each round: a fixed busy loop took {:.0} ms ({:.0}–{:.0}) on one thread; two at once took {:.2}x as long ({:.2}–{:.2}; 1.00 = two free cores)\n",
+            one[one.len() / 2],
+            one[0],
+            one[one.len() - 1],
+            two[two.len() / 2],
+            two[0],
+            two[two.len() - 1]
+        ));
     }
     table.push_str("\nmachine limits (measured now):\n");
     for (name, r) in &lim {
@@ -754,6 +812,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if let Some(j) = &o.json {
         let doc = serde_json::json!({
             "tree": src, "files": files, "bytes": bytes, "runs": o.runs, "results": json,
+            "probe_per_round": probes.iter().map(|p| serde_json::json!({"one_thread_s": p.0, "two_threads_ratio": p.1})).collect::<Vec<_>>(),
             "ratios": ratios,
             "limits": lim.iter().map(|(n, r)| serde_json::json!({"what": n, "bytes_per_s": r})).collect::<Vec<_>>(),
         });
