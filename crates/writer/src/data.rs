@@ -838,7 +838,8 @@ pub fn write_all(
         Err(e) => return Err(e),
     };
     timing.mark("open the output");
-    out.set_drop_behind(opts.compression.is_some());
+    // Written data leaves the page cache once on disk (see `Output`).
+    out.set_drop_behind(true);
     let alloc = DataAlloc::new(&chunks);
     // 3. The pipeline: files with data extents in (subvolume, inode) order.
     let order: Vec<(usize, usize)> = flat

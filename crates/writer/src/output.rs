@@ -315,10 +315,13 @@ const DROP_BEHIND: u64 = 64 << 20;
 /// push other data out of the cache; and fresh page-cache pages cost more
 /// than reused ones, much more on a VM that hands free memory back to its
 /// host (measured on ours: copying 900 MB into new pages took from 0.13 s
-/// to 1.5 s of CPU from run to run; with the drop, 0.11 to 0.2 s). The drop
-/// is asked for (`Output::set_drop_behind`) when data is compressed: when it
-/// is not, the CPU has little else to do and evicting every page costs more
-/// than it saves (1.2 GB raw: +0.13 s CPU, 11%, and +4% wall in medians).
+/// to 1.5 s of CPU from run to run; with the drop, 0.11 to 0.2 s). The
+/// rootdir import asks for the drop (`Output::set_drop_behind`) for raw
+/// data too: run alone, a 1.2 GB raw image is ~4% faster without it, but
+/// run after other tools, as in the bench, raw runs without it took up to
+/// 2.7 s of CPU instead of 1.2 in one round of five, and with it never
+/// more than 1.4 (`--shrink` medians 0.96 and 0.85 s without, 0.81 and
+/// 0.70 s with, over two benches of five rounds each).
 /// `sync_file_range` on `[start, end)`. Its result is only advice: a write
 /// error shows up in the final flush, which is checked.
 fn sync_range(file: &File, start: u64, end: u64, flags: libc::c_uint) {
