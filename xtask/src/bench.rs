@@ -1,6 +1,5 @@
 //! `cargo xtask bench [DIR]`: forge-mkfs against the reference tools on one
 //! tree, in one run, interleaved, with the machine's own limits measured.
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -309,6 +308,8 @@ fn tool(name: &str, cmd: &[&str], presize: Option<u64>, compressed: bool) -> Too
 }
 
 struct Sample {
+    /// The round it was timed in.
+    round: usize,
     secs: f64,
     /// User + system CPU seconds.
     cpu: f64,
@@ -356,7 +357,7 @@ fn contention() -> (f64, f64) {
 }
 
 /// Run one command, returning wall time, CPU time and peak RSS.
-fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
+fn run_one(t: &Tool, src: &Path, out: &Path, round: usize) -> Result<Sample> {
     let _ = std::fs::remove_file(out);
     // Same start for every tool: earlier outputs flushed, the source tree in
     // the page cache (a VM's proactive reclaim, e.g. DAMON pageout, evicts
@@ -406,20 +407,28 @@ fn run_one(t: &Tool, src: &Path, out: &Path) -> Result<Sample> {
         .split_whitespace()
         .collect();
     let rss_kib = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
-    let cpu: f64 = fields[1.min(fields.len())..]
+    let cpu: f64 = fields
         .iter()
+        .skip(1)
         .filter_map(|f| f.parse::<f64>().ok())
         .sum();
     let _ = std::fs::remove_file(&rss_file);
     let m = std::fs::metadata(out)?;
     use std::os::unix::fs::MetadataExt;
     Ok(Sample {
+        round,
         secs,
         cpu,
         rss_kib,
         size: m.len(),
         alloc: m.blocks() * 512,
     })
+}
+
+/// `v` in ascending order.
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
 }
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {
@@ -644,8 +653,6 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let work = root.join("target/bench-out");
     std::fs::create_dir_all(&work)?;
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
-    // Each tool's time in each round, for ratios of runs made close together.
-    let mut by_round: Vec<HashMap<usize, f64>> = tools.iter().map(|_| HashMap::new()).collect();
     let mut probes = Vec::new();
     for run in 0..o.runs {
         probes.push(contention());
@@ -660,11 +667,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
                 continue;
             }
             eprintln!("bench: run {}/{}: {}", run + 1, o.runs, t.name);
-            match run_one(t, &src, &out) {
-                Ok(s) => {
-                    by_round[i].insert(run, s.secs);
-                    samples[i].push(s)
-                }
+            match run_one(t, &src, &out, run) {
+                Ok(s) => samples[i].push(s),
                 Err(e) => eprintln!("bench: {e:#}"),
             }
             let _ = std::fs::remove_file(&out);
@@ -673,11 +677,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     // Report.
     // Every run's time, sorted: on a VM one slow run in three decides a
     // median, and the range shows it.
-    let times = |i: usize| -> Vec<f64> {
-        let mut t: Vec<f64> = samples[i].iter().map(|x| x.secs).collect();
-        t.sort_by(|a, b| a.total_cmp(b));
-        t
-    };
+    let times = |i: usize| -> Vec<f64> { sorted(samples[i].iter().map(|x| x.secs).collect()) };
     let cpus = |i: usize| -> Vec<f64> { samples[i].iter().map(|x| x.cpu).collect() };
     let med = |i: usize| -> Option<(f64, u64, u64, u64, f64)> {
         let s = &samples[i];
@@ -727,20 +727,14 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         }));
     }
     if !probes.is_empty() {
-        let sorted = |f: fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = probes.iter().map(f).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v
-        };
-        let (one, two) = (sorted(|p| p.0 * 1e3), sorted(|p| p.1));
+        let mut one = sorted(probes.iter().map(|p| p.0 * 1e3).collect());
+        let mut two = sorted(probes.iter().map(|p| p.1).collect());
+        let (one_lo, one_hi, two_lo, two_hi) =
+            (one[0], one[one.len() - 1], two[0], two[two.len() - 1]);
         table.push_str(&format!(
-            "\nthe machine before each round: a fixed busy loop took {:.0} ms ({:.0}–{:.0}) on one thread; two at once took {:.2}x as long ({:.2}–{:.2}; 1.00 = two free cores)\n",
-            one[one.len() / 2],
-            one[0],
-            one[one.len() - 1],
-            two[two.len() / 2],
-            two[0],
-            two[two.len() - 1]
+            "\nthe machine before each round: a fixed busy loop took {:.0} ms ({one_lo:.0}–{one_hi:.0}) on one thread; two at once took {:.2}x as long ({two_lo:.2}–{two_hi:.2}; 1.00 = two free cores)\n",
+            median(&mut one),
+            median(&mut two),
         ));
     }
     table.push_str("\nmachine limits (measured now):\n");
@@ -776,12 +770,15 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     // two tools of a round ran within seconds of each other, so a slow
     // period of the machine (on a VM, minutes long) slows both.
     let round_ratios = |ours: usize, theirs: usize| -> Vec<f64> {
-        let mut r: Vec<f64> = by_round[ours]
-            .iter()
-            .filter_map(|(run, &a)| by_round[theirs].get(run).map(|&b| b / a))
-            .collect();
-        r.sort_by(|a, b| a.total_cmp(b));
-        r
+        sorted(
+            samples[ours]
+                .iter()
+                .filter_map(|a| {
+                    let b = samples[theirs].iter().find(|b| b.round == a.round)?;
+                    Some(b.secs / a.secs)
+                })
+                .collect(),
+        )
     };
     let index = |name: &str| tools.iter().position(|t| t.name == name);
     let mut ratios = Vec::new();
@@ -794,7 +791,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
                 (Some(i), Some(j)) => round_ratios(i, j),
                 _ => Vec::new(),
             };
-            let paired = (!per_round.is_empty()).then(|| per_round[per_round.len() / 2]);
+            let paired = (!per_round.is_empty()).then(|| median(&mut per_round.clone()));
             let line = match (paired, per_round.first(), per_round.last()) {
                 (Some(m), Some(lo), Some(hi)) if per_round.len() > 1 => {
                     format!("{:.2}x; {m:.2}x ({lo:.2}–{hi:.2}x)", b.0 / a.0)

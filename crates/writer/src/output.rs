@@ -306,6 +306,21 @@ enum WritebackState {
 /// older ranges are waited for and dropped from the cache.
 const DROP_BEHIND: u64 = 64 << 20;
 
+/// `sync_file_range` on `[start, end)`. Its result is only advice: a write
+/// error shows up in the final flush, which is checked.
+fn sync_range(file: &File, start: u64, end: u64, flags: libc::c_uint) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` keeps open.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            start as libc::off64_t,
+            (end - start) as libc::off64_t,
+            flags,
+        );
+    }
+}
+
 /// A thread that calls `sync_file_range(SYNC_FILE_RANGE_WRITE)` on ranges
 /// sent to it, merging neighbours that arrived together, and one that drops
 /// ranges from the page cache once they are on disk and `DROP_BEHIND` bytes
@@ -322,21 +337,6 @@ const DROP_BEHIND: u64 = 64 << 20;
 /// 2.7 s of CPU instead of 1.2 in one round of five, and with it never
 /// more than 1.4 (`--shrink` medians 0.96 and 0.85 s without, 0.81 and
 /// 0.70 s with, over two benches of five rounds each).
-/// `sync_file_range` on `[start, end)`. Its result is only advice: a write
-/// error shows up in the final flush, which is checked.
-fn sync_range(file: &File, start: u64, end: u64, flags: libc::c_uint) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor `file` keeps open.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            start as libc::off64_t,
-            (end - start) as libc::off64_t,
-            flags,
-        );
-    }
-}
-
 struct Writeback {
     tx: std::sync::mpsc::Sender<(u64, u64)>,
     thread: std::thread::JoinHandle<()>,

@@ -104,16 +104,8 @@ fn the_import_leaves_little_of_its_image_cached() {
     };
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in 0..20 {
-        let data: Vec<u8> = (0..MIB)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect();
+        let data = forge_oracle::bytes(i, 8 * MIB as usize, false);
         std::fs::write(src.join(format!("f{i:02}")), data).unwrap();
     }
     for compress in [false, true] {
