@@ -326,7 +326,9 @@ fn dedupe_shares_extents() {
 
 /// Copies that only fit once deduplicated: with -b too small for every copy,
 /// --dedupe still builds the image (the duplicates are found before sizing);
-/// without it the size error names what the tree needs.
+/// without it the size error names what the tree needs. Copies of files of
+/// up to a sector, some of which compress inline, come out right too (they
+/// are decided before the duplicates are found).
 #[test]
 fn dedupe_fits_where_the_copies_would_not() {
     if !oracle::require_btrfs_progs() {
@@ -341,6 +343,17 @@ fn dedupe_fits_where_the_copies_would_not() {
         .collect();
     for i in 0..12 {
         std::fs::write(src.join(format!("copy{i:02}")), &blob).unwrap();
+    }
+    let small_noise = &blob[..3000];
+    let small_text: Vec<u8> = b"a small file that compresses inline. "
+        .iter()
+        .copied()
+        .cycle()
+        .take(3500)
+        .collect();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("noise{i}")), small_noise).unwrap();
+        std::fs::write(src.join(format!("text{i}")), &small_text).unwrap();
     }
     let img = dir.path().join("d.img");
     for extra in [&[][..], &["--compress=zstd"][..]] {
@@ -372,6 +385,10 @@ fn dedupe_fits_where_the_copies_would_not() {
             let m = Mount::new(&img, "ro");
             for i in 0..12 {
                 assert!(std::fs::read(m.path().join(format!("copy{i:02}"))).unwrap() == blob);
+            }
+            for i in 0..3 {
+                assert!(std::fs::read(m.path().join(format!("noise{i}"))).unwrap() == small_noise);
+                assert!(std::fs::read(m.path().join(format!("text{i}"))).unwrap() == small_text);
             }
             m.unmount();
         }

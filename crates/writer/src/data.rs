@@ -3,15 +3,16 @@
 //!
 //! 1. classify every file by its size and data runs (parallel): nothing,
 //!    inline, raw extents, or compression candidates; with compression,
-//!    files of up to a sector are read and go inline if they compress enough;
+//!    files of up to a sector may go inline if they compress enough;
 //! 2. size the data chunks for the worst case (with `--dedupe`, when that
 //!    does not fit, duplicates are found first);
 //! 3. run the streaming pipeline (`pipeline.rs`): ranges compressed in
 //!    parallel ahead of the allocation point, addresses given strictly in
 //!    (subvolume, inode, offset) order, writes and checksums in parallel
-//!    batches, duplicates found and confirmed on the way;
-//! 4. read the files that go inline (compressed when that is smaller) while
-//!    the disk takes the pipeline's writes;
+//!    batches, duplicates found and confirmed on the way, files of up to a
+//!    sector sent inline or to an extent in their place in that order;
+//! 4. read the files that go inline (compressed when that is smaller) on
+//!    the cores the pipeline leaves idle, and the rest after it;
 //! 5. trim the data chunks;
 //! 6. flatten the extents per file.
 //!
@@ -20,7 +21,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use btrfs_format::*;
 use rayon::prelude::*;
@@ -393,7 +395,9 @@ fn worst_case(classes: &[Vec<Class>], opts: &DataOptions) -> u64 {
     let mut compressed_ranges = 0u64;
     for c in classes.iter().flatten() {
         match c {
-            Class::Raw { runs } => upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>(),
+            Class::Raw { runs } | Class::MaybeInline { runs } => {
+                upper += runs.iter().map(|r| r.1 - r.0).sum::<u64>()
+            }
             Class::Compress { runs } => {
                 let b: u64 = runs.iter().map(|r| r.1 - r.0).sum();
                 upper += b;
@@ -464,7 +468,8 @@ pub(crate) enum Class {
     InlineLater,
     /// Over the inline limit but within a sector: inline if it compresses to
     /// the limit (the kernel's rule for compressed inline extents), a raw
-    /// extent otherwise. Decided before the pipeline.
+    /// extent otherwise. Decided in the pipeline, in its place in file
+    /// order (before it when space is short and duplicates are found first).
     MaybeInline {
         runs: Vec<(u64, u64)>,
     },
@@ -640,30 +645,125 @@ fn read_inline(
     opts: &DataOptions,
     progress: &Progress,
 ) -> std::result::Result<(), Located> {
-    let later = positions(classes, |c| matches!(c, Class::InlineLater));
-    let read: Vec<Result<Class>> = pool.install(|| {
-        later
-            .par_iter()
-            .map(|&(si, ni)| {
-                let c = inline_class(&scan.subvols[si].nodes[ni], opts)?;
-                if let Class::Inline { data, ram, .. } = &c {
-                    progress.note_inline(*ram, data.len());
-                }
-                Ok(c)
-            })
-            .collect()
-    });
-    for (&(si, ni), c) in later.iter().zip(read) {
-        classes[si][ni] = c.map_err(|e| ((si, ni), e))?;
+    let reads = InlineReads::new(scan, classes, opts, progress);
+    reads.finish(pool, classes)
+}
+
+/// The reads of the files classified `InlineLater`, claimed one file at a
+/// time by whichever thread is free: during the pipeline a thread of idle
+/// priority (it only gets a core the pipeline leaves unused, as when its
+/// workers wait on the disk), then every thread of the pool for the rest.
+struct InlineReads<'a> {
+    todo: Vec<(usize, usize)>,
+    next: AtomicUsize,
+    stop: AtomicBool,
+    done: Vec<OnceLock<Result<Class>>>,
+    scan: &'a Scan,
+    opts: &'a DataOptions,
+    progress: &'a Progress,
+}
+
+impl<'a> InlineReads<'a> {
+    fn new(
+        scan: &'a Scan,
+        classes: &[Vec<Class>],
+        opts: &'a DataOptions,
+        progress: &'a Progress,
+    ) -> Self {
+        let todo = positions(classes, |c| matches!(c, Class::InlineLater));
+        InlineReads {
+            done: (0..todo.len()).map(|_| OnceLock::new()).collect(),
+            todo,
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            scan,
+            opts,
+            progress,
+        }
     }
-    Ok(())
+
+    /// Read files until none is left unclaimed (or `stop`).
+    fn work(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(si, ni)) = self.todo.get(i) else {
+                return;
+            };
+            let c = inline_class(&self.scan.subvols[si].nodes[ni], self.opts);
+            if let Ok(Class::Inline { data, ram, .. }) = &c {
+                self.progress.note_inline(*ram, data.len());
+            }
+            let _ = self.done[i].set(c);
+        }
+    }
+
+    /// Read them in a thread of idle priority while `run` runs; the pool
+    /// reads the rest afterwards (unless `run` fails). Where idle priority
+    /// cannot be had, or the pool has one thread (`-j 1`), nothing is read
+    /// early.
+    fn alongside<T, E>(
+        &self,
+        pool: &rayon::ThreadPool,
+        run: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        std::thread::scope(|ts| {
+            if pool.current_num_threads() > 1 && !self.todo.is_empty() {
+                ts.spawn(|| {
+                    if idle_priority() {
+                        self.work();
+                    }
+                });
+            }
+            let outcome = run();
+            if std::env::var_os("FORGE_MKFS_TIMING").is_some() {
+                eprintln!(
+                    "timing:   small files read alongside the pipeline: {} of {}",
+                    self.next.load(Ordering::Relaxed).min(self.todo.len()),
+                    self.todo.len()
+                );
+            }
+            match &outcome {
+                Ok(_) => {
+                    pool.broadcast(|_| self.work());
+                }
+                Err(_) => self.stop.store(true, Ordering::Relaxed),
+            }
+            outcome
+        })
+    }
+
+    /// Read what is left (in the pool) and put every result in `classes`;
+    /// on failure, the first failing file in order and its error.
+    fn finish(
+        self,
+        pool: &rayon::ThreadPool,
+        classes: &mut [Vec<Class>],
+    ) -> std::result::Result<(), Located> {
+        pool.broadcast(|_| self.work());
+        for (&(si, ni), c) in self.todo.iter().zip(self.done) {
+            let c = c
+                .into_inner()
+                .unwrap_or_else(|| Err(Error::Internal("a small file was not read".into())));
+            classes[si][ni] = c.map_err(|e| ((si, ni), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Put the calling thread in the `SCHED_IDLE` class: it runs only on a core
+/// nothing else wants. False where that is refused.
+fn idle_priority() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that lives across the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
 impl Class {
     /// The data runs of a file with data extents (none otherwise).
     pub(crate) fn runs(&self) -> &[(u64, u64)] {
         match self {
-            Class::Raw { runs } | Class::Compress { runs } => runs,
+            Class::Raw { runs } | Class::Compress { runs } | Class::MaybeInline { runs } => runs,
             _ => &[],
         }
     }
@@ -677,7 +777,8 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
     let mut count: HashMap<Shape, usize> = HashMap::new();
     for (si, sv) in classes.iter().enumerate() {
         for (ni, c) in sv.iter().enumerate() {
-            if let Class::Raw { runs } | Class::Compress { runs } = c {
+            if let Class::Raw { runs } | Class::Compress { runs } | Class::MaybeInline { runs } = c
+            {
                 *count
                     .entry((scan.subvols[si].nodes[ni].stat.size, &runs[..]))
                     .or_default() += 1;
@@ -691,7 +792,9 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
             sv.iter()
                 .enumerate()
                 .map(|(ni, c)| match c {
-                    Class::Raw { runs } | Class::Compress { runs } => {
+                    Class::Raw { runs }
+                    | Class::Compress { runs }
+                    | Class::MaybeInline { runs } => {
                         count[&(scan.subvols[si].nodes[ni].stat.size, &runs[..])] > 1
                     }
                     _ => false,
@@ -801,10 +904,9 @@ pub fn write_all(
         .files_done
         .fetch_add(empty as u64, Ordering::Relaxed);
     timing.mark("classify");
-    // Files compression may bring inline are decided now, before data chunks
-    // are sized: the ones that stay extents go through the pipeline.
-    let small_nocompress = decide_maybe_inline(pool, scan, &mut classes, opts, progress);
-    timing.mark("small files that may go inline");
+    // Files compression may bring inline are decided in the pipeline: the
+    // data chunks are sized as if they all stayed extents.
+    let mut small_nocompress = Vec::new();
     // 2. Deduplication candidates (decided in the pipeline).
     let mut candidates = if opts.dedupe {
         dedupe_candidates(scan, &classes)
@@ -821,6 +923,10 @@ pub fn write_all(
         // duplicates first, reading every candidate once more, and size
         // for what is really stored.
         Err(Error::NoSpace(_)) if opts.dedupe => {
+            // The prepass shares extents only: small files first learn
+            // whether they go inline.
+            small_nocompress = decide_maybe_inline(pool, scan, &mut classes, opts, progress);
+            candidates = dedupe_candidates(scan, &classes);
             if let Err(f) = dedupe_prepass(pool, scan, &mut classes, &mut candidates) {
                 return Err(first_in_order(pool, scan, &mut classes, opts, f));
             }
@@ -845,28 +951,39 @@ pub fn write_all(
     let order: Vec<(usize, usize)> = flat
         .iter()
         .copied()
-        .filter(|&(si, ni)| matches!(classes[si][ni], Class::Raw { .. } | Class::Compress { .. }))
+        .filter(|&(si, ni)| {
+            matches!(
+                classes[si][ni],
+                Class::Raw { .. } | Class::Compress { .. } | Class::MaybeInline { .. }
+            )
+        })
         .collect();
-    let outcome = crate::pipeline::run(
-        pool,
-        scan,
-        &mut classes,
-        &candidates,
-        order,
-        layout,
-        alloc,
-        &out,
-        opts,
-        progress,
-    );
+    // 4. Files that go inline are read alongside: before the pipeline they
+    // would delay the first write, and after it they would leave the cores
+    // idle while the disk takes the pipeline's writes. Of two failures the
+    // first file in order is reported, as if everything had been read in
+    // order.
+    let inline_reads = InlineReads::new(scan, &classes, opts, progress);
+    let outcome = inline_reads.alongside(pool, || {
+        crate::pipeline::run(
+            pool,
+            scan,
+            &mut classes,
+            &candidates,
+            order,
+            layout,
+            alloc,
+            &out,
+            opts,
+            progress,
+        )
+    });
     timing.mark("pipeline");
-    // 4. Files that go inline, read now: the disk is still busy with the
-    // pipeline's writes, so this costs little time, where before the
-    // pipeline it delayed the first write. Of two failures the first file
-    // in order is reported, as if everything had been read in order.
     let outcome = match outcome {
         Ok(o) => {
-            read_inline(pool, scan, &mut classes, opts, progress).map_err(|(_, e)| e)?;
+            inline_reads
+                .finish(pool, &mut classes)
+                .map_err(|(_, e)| e)?;
             o
         }
         Err(crate::pipeline::Failure {
@@ -920,9 +1037,7 @@ pub fn write_all(
             let mut flags = 0;
             let data = match c {
                 Class::Empty => FileData::None,
-                Class::InlineLater | Class::MaybeInline { .. } => {
-                    return Err(Error::Internal("small file left undecided".into()))
-                }
+                Class::InlineLater => return Err(Error::Internal("small file left unread".into())),
                 Class::Inline {
                     data,
                     ram,
@@ -944,7 +1059,11 @@ pub fn write_all(
                         compression,
                     }
                 }
-                Class::Raw { .. } | Class::Compress { .. } | Class::Dup { .. } => {
+                // A small file still `MaybeInline` became an extent.
+                Class::Raw { .. }
+                | Class::Compress { .. }
+                | Class::MaybeInline { .. }
+                | Class::Dup { .. } => {
                     let (osi, oni) = match c {
                         Class::Dup { owner } => owner,
                         _ => (si, ni),
@@ -1006,4 +1125,83 @@ pub fn write_all(
             bytes_on_disk,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{scan, ScanOptions};
+
+    /// The idle-priority reader gets the cores the pipeline leaves unused:
+    /// while `run` only waits, it reads every small file by itself, and the
+    /// files read alongside are exactly the files read afterwards.
+    #[test]
+    fn small_files_are_read_on_idle_cores_during_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..300u32 {
+            let body: Vec<u8> = (0..1 + i * 6).map(|k| (k * 7 + i) as u8).collect();
+            std::fs::write(dir.path().join(format!("f{i:03}")), body).unwrap();
+        }
+        let tree = scan(dir.path(), &ScanOptions::default()).unwrap();
+        let opts = DataOptions {
+            sectorsize: 4096,
+            csum: CsumType::Crc32c,
+            inline_limit: 2048,
+            compression: Compression::parse("zstd", false).unwrap(),
+            dedupe: false,
+            chunk_max: DATA_CHUNK_MAX,
+            data_flags: BTRFS_BLOCK_GROUP_DATA,
+            data_stripes: 1,
+            memory: 1 << 20,
+        };
+        let classes: Vec<Vec<Class>> = tree
+            .subvols
+            .iter()
+            .map(|sv| {
+                sv.nodes
+                    .iter()
+                    .map(|n| classify(n, &opts).unwrap())
+                    .collect()
+            })
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let progress = Progress::default();
+        let reads = InlineReads::new(&tree, &classes, &opts, &progress);
+        assert_eq!(reads.todo.len(), 300);
+        let read_early = reads
+            .alongside(&pool, || {
+                let t = std::time::Instant::now();
+                while reads.next.load(Ordering::Relaxed) < reads.todo.len()
+                    && t.elapsed() < std::time::Duration::from_secs(20)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Ok::<_, ()>(reads.done.iter().filter(|d| d.get().is_some()).count())
+            })
+            .unwrap();
+        assert!(read_early >= 299, "only {read_early} of 300 read early");
+        let mut early = classes.clone();
+        reads.finish(&pool, &mut early).unwrap();
+        let mut after = classes;
+        read_inline(&pool, &tree, &mut after, &opts, &Progress::default()).unwrap();
+        let inline = |c: &[Vec<Class>]| -> Vec<(Vec<u8>, u64, u8)> {
+            c.iter()
+                .flatten()
+                .filter_map(|c| match c {
+                    Class::Inline {
+                        data,
+                        ram,
+                        compression,
+                    } => Some((data.clone(), *ram, *compression)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(inline(&early).len(), 300);
+        assert_eq!(inline(&early), inline(&after));
+        assert_eq!(progress.files_done.load(Ordering::Relaxed), 300);
+    }
 }

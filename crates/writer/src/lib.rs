@@ -88,10 +88,22 @@ impl Timing {
     pub(crate) fn mark(&mut self, what: &str) {
         if let Some((t, c)) = self.last {
             let indent = if self.sub { "  " } else { "" };
+            // Resident and peak memory so far, as the kernel counts them.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let kib = |field: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             eprintln!(
-                "timing: {indent}{what}: {:.3}s (cpu {:.3}s)",
+                "timing: {indent}{what}: {:.3}s (cpu {:.3}s, rss {} MiB, peak {} MiB)",
                 t.elapsed().as_secs_f64(),
-                (process_cpu().saturating_sub(c)).as_secs_f64()
+                (process_cpu().saturating_sub(c)).as_secs_f64(),
+                kib("VmRSS:") >> 10,
+                kib("VmHWM:") >> 10
             );
             self.last = Some((std::time::Instant::now(), process_cpu()));
         }

@@ -154,9 +154,9 @@ fn the_first_bad_file_in_order_is_reported() {
     }
 }
 
-/// Files that go inline are read after the others (and, compressed, files
-/// of up to a sector before them), but a failure among them is still
-/// reported in file order against a failure of another file.
+/// Files that go inline are read alongside the pipeline and after it (and,
+/// compressed, files of up to a sector before it), but a failure among them
+/// is still reported in file order against a failure of another file.
 #[test]
 fn inline_and_data_failures_are_reported_in_file_order() {
     for (first, second, want) in [
