@@ -60,15 +60,7 @@ fn small_files_go_inline_or_share_an_extent() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = forge_oracle::bytes(7, 3000, false);
     let text: Vec<u8> = b"compresses well enough to go inline. "
         .iter()
         .copied()
