@@ -239,9 +239,22 @@ pub fn heuristic_says_compress(data: &[u8], len: usize) -> bool {
     if sample[..half] == sample[half..2 * half] {
         return true;
     }
+    // Four tables: runs of one byte value (text is full of them) would
+    // otherwise wait on each other's increments.
+    let mut four = [[0u32; 256]; 4];
+    let mut quads = sample.chunks_exact(4);
+    for q in &mut quads {
+        four[0][q[0] as usize] += 1;
+        four[1][q[1] as usize] += 1;
+        four[2][q[2] as usize] += 1;
+        four[3][q[3] as usize] += 1;
+    }
+    for &b in quads.remainder() {
+        four[0][b as usize] += 1;
+    }
     let mut counts = [0u32; 256];
-    for &b in sample {
-        counts[b as usize] += 1;
+    for (v, c) in counts.iter_mut().enumerate() {
+        *c = four[0][v] + four[1][v] + four[2][v] + four[3][v];
     }
     // Only the values present matter from here on: sorting those alone is
     // cheaper than sorting all 256 for the text most ranges hold.
