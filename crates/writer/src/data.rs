@@ -518,20 +518,34 @@ type Located = ((usize, usize), Error);
 /// raw (`BTRFS_COMPRESS_NONE`) otherwise.
 fn read_small(node: &Node, opts: &DataOptions) -> Result<(Vec<u8>, u8)> {
     let raw = read_range(node, 0, node.stat.size)?;
-    // The heuristic sees the zeros that pad the last sector, as the
-    // kernel's sees its page; the compressor sees the file's bytes.
     let padded_len = node.stat.size.div_ceil(opts.sectorsize) * opts.sectorsize;
-    if let Some(c) = opts
-        .compression
-        .as_ref()
-        .filter(|c| c.tries(&raw, padded_len as usize))
-    {
-        let z = compress(c, &raw, opts.sectorsize as usize)?;
-        if z.len() < raw.len() && z.len() as u64 <= opts.inline_limit {
-            return Ok((z, c.type_byte()));
-        }
+    if let Some(inline) = inline_compressed(&raw, padded_len as usize, opts)? {
+        return Ok(inline);
     }
     Ok((raw, BTRFS_COMPRESS_NONE))
+}
+
+/// The kernel's rule for compressed inline data: a file's bytes (`data`,
+/// within a range of `padded_len` whose zeros pad the last sector) are
+/// stored compressed inline when the heuristic lets them be tried and the
+/// result is smaller and fits the inline limit. The heuristic sees the
+/// padding, as the kernel's sees the page; the compressor sees the file's
+/// bytes, as the kernel compresses up to its size. The compressed bytes
+/// and their compression type, or none.
+pub(crate) fn inline_compressed(
+    data: &[u8],
+    padded_len: usize,
+    opts: &DataOptions,
+) -> Result<Option<(Vec<u8>, u8)>> {
+    let Some(c) = opts
+        .compression
+        .as_ref()
+        .filter(|c| c.tries(data, padded_len))
+    else {
+        return Ok(None);
+    };
+    let z = compress(c, data, opts.sectorsize as usize)?;
+    Ok((z.len() < data.len() && z.len() as u64 <= opts.inline_limit).then(|| (z, c.type_byte())))
 }
 
 /// Read (and, when that is smaller, compress) a file that goes inline.
