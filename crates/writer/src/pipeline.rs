@@ -46,9 +46,7 @@ const WINDOW_FILES: usize = 8192;
 /// Range tasks queued or running per thread at most. The workers only need
 /// the next task at hand; a longer queue only holds finished ranges in
 /// memory, as when a file's first range comes back compressible and the
-/// rest of it queues behind everything spawned meanwhile (zstd:3 on the
-/// bench corpus: peak RSS 172–175 MiB without the limit, 154–156 MiB with
-/// it, medians of interleaved runs).
+/// rest of it queues behind everything spawned meanwhile.
 const RANGES_AHEAD_PER_THREAD: usize = 4;
 /// How often the calling thread looks in on the pipeline (a safety net; the
 /// workers coordinate themselves).
