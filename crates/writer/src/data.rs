@@ -774,12 +774,20 @@ fn idle_priority() -> bool {
 }
 
 impl Class {
+    /// The data runs of a file that goes through the pipeline (raw,
+    /// compression candidate, or small and maybe inline); none otherwise.
+    fn pipeline_runs(&self) -> Option<&[(u64, u64)]> {
+        match self {
+            Class::Raw { runs } | Class::Compress { runs } | Class::MaybeInline { runs } => {
+                Some(runs)
+            }
+            _ => None,
+        }
+    }
+
     /// The data runs of a file with data extents (none otherwise).
     pub(crate) fn runs(&self) -> &[(u64, u64)] {
-        match self {
-            Class::Raw { runs } | Class::Compress { runs } | Class::MaybeInline { runs } => runs,
-            _ => &[],
-        }
+        self.pipeline_runs().unwrap_or(&[])
     }
 }
 
@@ -791,10 +799,9 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
     let mut count: HashMap<Shape, usize> = HashMap::new();
     for (si, sv) in classes.iter().enumerate() {
         for (ni, c) in sv.iter().enumerate() {
-            if let Class::Raw { runs } | Class::Compress { runs } | Class::MaybeInline { runs } = c
-            {
+            if let Some(runs) = c.pipeline_runs() {
                 *count
-                    .entry((scan.subvols[si].nodes[ni].stat.size, &runs[..]))
+                    .entry((scan.subvols[si].nodes[ni].stat.size, runs))
                     .or_default() += 1;
             }
         }
@@ -805,13 +812,10 @@ fn dedupe_candidates(scan: &Scan, classes: &[Vec<Class>]) -> Vec<Vec<bool>> {
         .map(|(si, sv)| {
             sv.iter()
                 .enumerate()
-                .map(|(ni, c)| match c {
-                    Class::Raw { runs }
-                    | Class::Compress { runs }
-                    | Class::MaybeInline { runs } => {
-                        count[&(scan.subvols[si].nodes[ni].stat.size, &runs[..])] > 1
-                    }
-                    _ => false,
+                .map(|(ni, c)| {
+                    c.pipeline_runs().is_some_and(|runs| {
+                        count[&(scan.subvols[si].nodes[ni].stat.size, runs)] > 1
+                    })
                 })
                 .collect()
         })
@@ -965,12 +969,7 @@ pub fn write_all(
     let order: Vec<(usize, usize)> = flat
         .iter()
         .copied()
-        .filter(|&(si, ni)| {
-            matches!(
-                classes[si][ni],
-                Class::Raw { .. } | Class::Compress { .. } | Class::MaybeInline { .. }
-            )
-        })
+        .filter(|&(si, ni)| classes[si][ni].pipeline_runs().is_some())
         .collect();
     // 4. Files that go inline are read alongside: before the pipeline they
     // would delay the first write, and after it they would leave the cores
