@@ -356,6 +356,61 @@ fn contention() -> (f64, f64) {
     (one, two / one)
 }
 
+/// The output disk's rate for a writer that starts writeback early, as the
+/// image writers must all end with a flush: `bytes` written through the page
+/// cache in 1 MiB pieces, writeback started on every 8 MiB written, then
+/// `fdatasync`; bytes per second of the whole. An uncompressed build cannot
+/// end sooner than its image's bytes at this rate after its first write.
+fn disk_write(dir: &Path, bytes: u64) -> Result<f64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    const PIECE: u64 = MIB;
+    const START_EVERY: u64 = 8 * MIB;
+    let path = dir.join("disk-probe.bin");
+    let _ = std::fs::remove_file(&path);
+    let _ = Command::new("sync").status();
+    warm_memory(3 << 30);
+    // Bytes no disk or host could compress or share: a xorshift stream, and
+    // every 4 KiB block of every piece stamped with its offset.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut buf: Vec<u8> = (0..PIECE / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let t = Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        for (i, block) in buf.chunks_mut(4096).enumerate() {
+            block[..8].copy_from_slice(&(off + i as u64 * 4096).to_le_bytes());
+        }
+        f.write_all_at(&buf, off)
+            .with_context(|| format!("writing {} at {off}", path.display()))?;
+        off += PIECE;
+        if off.is_multiple_of(START_EVERY) {
+            // SAFETY: a plain syscall on a descriptor `f` keeps open.
+            unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    (off - START_EVERY) as libc::off64_t,
+                    START_EVERY as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+    }
+    f.sync_data()
+        .with_context(|| format!("flushing {}", path.display()))?;
+    let rate = off as f64 / t.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(rate)
+}
+
 /// Run one command, returning wall time, CPU time and peak RSS.
 fn run_one(t: &Tool, src: &Path, out: &Path, round: usize) -> Result<Sample> {
     let _ = std::fs::remove_file(out);
@@ -654,8 +709,18 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut samples: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
     let mut probes = Vec::new();
+    // The output disk's write + flush rate, each round (it varies from
+    // minute to minute on a VM's disk).
+    let mut disk = Vec::new();
     for run in 0..o.runs {
         probes.push(contention());
+        match disk_write(&work, bytes) {
+            Ok(r) => disk.push(r),
+            Err(e) => eprintln!("bench: disk probe: {e:#}"),
+        }
+        // Let the disk (on a VM, the host behind it) settle before the
+        // round's first tool writes.
+        std::thread::sleep(Duration::from_secs(5));
         // Rotate the order each round: whichever tool runs first after the
         // previous round's last (a 2.6 GB ext4 image) pays for its writeback.
         let n = tools.len();
@@ -741,6 +806,39 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     for (name, r) in &lim {
         table.push_str(&format!("  {name}: {:.0} MB/s\n", r / 1e6));
     }
+    let disk_rate = (!disk.is_empty()).then(|| median(&mut disk.clone()));
+    if let Some(d) = disk_rate {
+        let all = sorted(disk.clone());
+        table.push_str(&format!(
+            "  write + flush to the output's disk ({:.0} MiB, writeback started every 8 MiB; each round): {:.0} MB/s ({:.0}–{:.0})\n",
+            bytes as f64 / MIB as f64,
+            d / 1e6,
+            all[0] / 1e6,
+            all[all.len() - 1] / 1e6,
+        ));
+    }
+    // Uncompressed, the binding limit is the lower of reading and
+    // checksumming the tree on all cores and writing the image to disk.
+    let crc_all = lim
+        .iter()
+        .find(|l| l.0.starts_with("read + crc32c,") && !l.0.contains("1 core"))
+        .map(|l| l.1);
+    if let Some(ours) = find("forge-mkfs --shrink") {
+        if let Some(c) = crc_all {
+            table.push_str(&format!(
+                "  forge-mkfs --shrink reads the tree at {:.0}% of the all-core read + crc32c limit\n",
+                bytes as f64 / ours.0 / c * 100.0
+            ));
+        }
+        if let Some(d) = disk_rate {
+            table.push_str(&format!(
+                "  forge-mkfs --shrink writes its image ({:.0} MiB allocated) at {:.0}% of the disk's write + flush rate; that alone takes {:.2} s\n",
+                ours.3 as f64 / MIB as f64,
+                ours.3 as f64 / ours.0 / d * 100.0,
+                ours.3 as f64 / d,
+            ));
+        }
+    }
     let zstd_all = lim
         .iter()
         .find(|l| l.0.starts_with("read + zstd-3,") && !l.0.contains("1 core"))
@@ -810,12 +908,12 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let doc = serde_json::json!({
             "tree": src, "files": files, "bytes": bytes, "runs": o.runs, "results": json,
             "probe_per_round": probes.iter().map(|p| serde_json::json!({"one_thread_s": p.0, "two_threads_ratio": p.1})).collect::<Vec<_>>(),
+            "disk_write_bytes_per_s_per_round": disk,
             "ratios": ratios,
             "limits": lim.iter().map(|(n, r)| serde_json::json!({"what": n, "bytes_per_s": r})).collect::<Vec<_>>(),
         });
         std::fs::write(j, serde_json::to_string_pretty(&doc)?)?;
         eprintln!("bench: wrote {}", j.display());
     }
-    let _ = Duration::from_secs(0);
     Ok(())
 }
