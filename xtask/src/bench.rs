@@ -714,10 +714,11 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let mut disk = Vec::new();
     for run in 0..o.runs {
         probes.push(contention());
-        match disk_write(&work, bytes) {
-            Ok(r) => disk.push(r),
-            Err(e) => eprintln!("bench: disk probe: {e:#}"),
-        }
+        disk.push(
+            disk_write(&work, bytes)
+                .map_err(|e| eprintln!("bench: disk probe: {e:#}"))
+                .ok(),
+        );
         // Let the disk (on a VM, the host behind it) settle before the
         // round's first tool writes.
         std::thread::sleep(Duration::from_secs(5));
@@ -806,9 +807,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     for (name, r) in &lim {
         table.push_str(&format!("  {name}: {:.0} MB/s\n", r / 1e6));
     }
-    let disk_rate = (!disk.is_empty()).then(|| median(&mut disk.clone()));
+    let measured: Vec<f64> = disk.iter().flatten().copied().collect();
+    let disk_rate = (!measured.is_empty()).then(|| median(&mut measured.clone()));
     if let Some(d) = disk_rate {
-        let all = sorted(disk.clone());
+        let all = sorted(measured.clone());
         table.push_str(&format!(
             "  write + flush to the output's disk ({:.0} MiB, writeback started every 8 MiB; each round): {:.0} MB/s ({:.0}–{:.0})\n",
             bytes as f64 / MIB as f64,
