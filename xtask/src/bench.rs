@@ -807,7 +807,12 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     for (name, r) in &lim {
         table.push_str(&format!("  {name}: {:.0} MB/s\n", r / 1e6));
     }
-    let measured: Vec<f64> = disk.iter().flatten().copied().collect();
+    let measured: Vec<f64> = disk
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|r| *r > 0.0)
+        .collect();
     let disk_rate = (!measured.is_empty()).then(|| median(&mut measured.clone()));
     if let Some(d) = disk_rate {
         let all = sorted(measured.clone());
