@@ -807,15 +807,16 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     for (name, r) in &lim {
         table.push_str(&format!("  {name}: {:.0} MB/s\n", r / 1e6));
     }
-    let measured: Vec<f64> = disk
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|r| *r > 0.0)
-        .collect();
-    let disk_rate = (!measured.is_empty()).then(|| median(&mut measured.clone()));
+    let mut measured = sorted(
+        disk.iter()
+            .flatten()
+            .copied()
+            .filter(|r| *r > 0.0)
+            .collect(),
+    );
+    let disk_rate = (!measured.is_empty()).then(|| median(&mut measured));
     if let Some(d) = disk_rate {
-        let all = sorted(measured.clone());
+        let all = &measured;
         table.push_str(&format!(
             "  write + flush to the output's disk ({:.0} MiB, writeback started every 8 MiB; each round): {:.0} MB/s ({:.0}–{:.0})\n",
             bytes as f64 / MIB as f64,
@@ -824,12 +825,15 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             all[all.len() - 1] / 1e6,
         ));
     }
+    // A limit measured on all cores, by the start of its name.
+    let all_cores = |what: &str| {
+        lim.iter()
+            .find(|l| l.0.starts_with(what) && !l.0.contains("1 core"))
+            .map(|l| l.1)
+    };
     // Uncompressed, the binding limit is the lower of reading and
     // checksumming the tree on all cores and writing the image to disk.
-    let crc_all = lim
-        .iter()
-        .find(|l| l.0.starts_with("read + crc32c,") && !l.0.contains("1 core"))
-        .map(|l| l.1);
+    let crc_all = all_cores("read + crc32c,");
     if let Some(ours) = find("forge-mkfs --shrink") {
         if let Some(c) = crc_all {
             table.push_str(&format!(
@@ -846,10 +850,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             ));
         }
     }
-    let zstd_all = lim
-        .iter()
-        .find(|l| l.0.starts_with("read + zstd-3,") && !l.0.contains("1 core"))
-        .map(|l| l.1);
+    let zstd_all = all_cores("read + zstd-3,");
     if let (Some(z), Some(ours)) = (zstd_all, find("forge-mkfs zstd:3")) {
         table.push_str(&format!(
             "  forge-mkfs zstd:3 runs at {:.0}% of the all-core zstd-3 limit\n",

@@ -204,7 +204,7 @@ pub fn open_source(path: &Path) -> Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags};
     use std::cell::RefCell;
     thread_local! {
-        static DIR: RefCell<Option<(PathBuf, OwnedFd)>> = const { RefCell::new(None) };
+        static DIR: RefCell<Option<(OsString, OwnedFd)>> = const { RefCell::new(None) };
     }
     let open = || -> std::io::Result<std::fs::File> {
         // Split at the last '/' by bytes: `Path::parent` and `Path`'s `==`
@@ -220,14 +220,14 @@ pub fn open_source(path: &Path) -> Result<std::fs::File> {
         let (parent, name) = (OsStr::from_bytes(parent), OsStr::from_bytes(name));
         DIR.with_borrow_mut(|cache| {
             let dir = match cache {
-                Some((p, fd)) if p.as_os_str().as_bytes() == parent.as_bytes() => fd,
+                Some((p, fd)) if p == parent => fd,
                 _ => {
                     let fd = rustix::fs::open(
                         parent,
                         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                         Mode::empty(),
                     )?;
-                    &cache.insert((PathBuf::from(parent), fd)).1
+                    &cache.insert((parent.to_os_string(), fd)).1
                 }
             };
             let fd = openat_noatime(dir.as_fd(), name, OFlags::RDONLY | OFlags::CLOEXEC)?;
