@@ -718,6 +718,7 @@ pub fn commit(out: &Output, input: &CommitInput, seed: Option<Seed>) -> Result<C
 
     let sb = superblock(input, &built, &pl)?;
     out.write_superblocks(&sb, input.csum)?;
+    timing.mark("superblocks and flush");
     Ok(CommitReport {
         superblock: sb,
         tree_blocks: count,

@@ -81,18 +81,24 @@ pub fn make_rootdir_filesystem(
     build(path, cfg, opts, &pool)
 }
 
-/// Reserve disk space for the image up front, so that a full disk is a clear
-/// error now rather than a failed write later.
-fn reserve(out: &Output, len: u64) -> Result<bool> {
-    if out.is_block_device || len == 0 {
+/// Reserve disk space for `[from, to)` of the image, so that a full disk is
+/// a clear error now rather than a failed write later. Returns whether the
+/// space is reserved (not on a device, nor where `fallocate` is missing).
+fn reserve(out: &Output, from: u64, to: u64) -> Result<bool> {
+    if out.is_block_device || to <= from {
         return Ok(false);
     }
-    match rustix::fs::fallocate(out.file(), rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+    match rustix::fs::fallocate(
+        out.file(),
+        rustix::fs::FallocateFlags::KEEP_SIZE,
+        from,
+        to - from,
+    ) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::NOSPC) => Err(Error::NoSpace(format!(
             "{}: not enough free disk space for the image ({} needed)",
             out.path.display(),
-            crate::summary::human(len)
+            crate::summary::human(to)
         ))),
         Err(_) => Ok(false), // not supported here: write lazily
     }
@@ -147,8 +153,12 @@ fn build(
             }
         }
         let out = Output::create(path, cfg.byte_count.or(Some(est_end)), cfg.force)?;
-        if reserve(&out, est_end)? {
-            reserved = est_end;
+        // The data chunks now; the metadata once its size is known. Space
+        // reserved and not used would be given back at the end, and on a
+        // filesystem mounted with `discard` that waits for the disk to
+        // finish every write queued before it.
+        if reserve(&out, 0, l.physical_end())? {
+            reserved = l.physical_end();
         }
         Ok(out)
     };
@@ -300,7 +310,12 @@ fn build(
     timing.mark("metadata dry run");
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
-    // Give back what was reserved beyond the last chunk.
+    // The metadata chunk's space, where the data's reservation ends before
+    // it; or give back what was reserved beyond the last chunk (data that
+    // compressed).
+    if reserved > 0 && reserve(&out, reserved, end)? {
+        reserved = end;
+    }
     if reserved > end {
         let _ = rustix::fs::fallocate(
             out.file(),

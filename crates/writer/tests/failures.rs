@@ -200,8 +200,11 @@ fn inline_and_data_failures_are_reported_in_file_order() {
     }
 }
 
-/// A full disk is a clear error up front (space is reserved with fallocate),
-/// not a SIGBUS or a half-written image.
+/// A full disk is a clear error (space is reserved with fallocate: the data
+/// chunks up front, the metadata chunk before any tree block is written),
+/// not a SIGBUS or a half-written image. Two trees: one whose data does not
+/// fit, and one whose data fits but whose metadata (thousands of inline
+/// files, twice over with DUP) does not.
 #[test]
 fn disk_full_is_a_clear_error() {
     if !forge_oracle::require_kernel() {
@@ -222,21 +225,38 @@ fn disk_full_is_a_clear_error() {
         }
     }
     let _guard = Unmount(mnt.path());
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("big"), vec![3u8; 40 << 20]).unwrap();
-    let img = mnt.path().join("full.img");
-    let cfg = MkfsConfig {
-        now: (1_700_000_000, 0),
-        ..Default::default()
-    };
-    let err = match make_rootdir_filesystem(&img, &cfg, &RootdirOptions::new(src.path())) {
-        Ok(_) => panic!("a 40 MiB tree fit a 24 MiB disk"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("full.img")
-            && (err.contains("not enough free disk space") || err.contains("No space")),
-        "{err}"
-    );
-    assert!(!forge_oracle::looks_like_btrfs(&img));
+    let big = tempfile::tempdir().unwrap();
+    std::fs::write(big.path().join("big"), vec![3u8; 40 << 20]).unwrap();
+    let many = tempfile::tempdir().unwrap();
+    std::fs::write(many.path().join("data"), vec![5u8; 4 << 20]).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..8000 {
+        let bytes: Vec<u8> = (0..1800)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(many.path().join(format!("f{i:05}")), bytes).unwrap();
+    }
+    for (what, src) in [("data", big.path()), ("metadata", many.path())] {
+        let img = mnt.path().join("full.img");
+        let cfg = MkfsConfig {
+            now: (1_700_000_000, 0),
+            ..Default::default()
+        };
+        let err = match make_rootdir_filesystem(&img, &cfg, &RootdirOptions::new(src)) {
+            Ok(_) => panic!("{what}: the tree fit a 24 MiB disk"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("full.img")
+                && (err.contains("not enough free disk space") || err.contains("No space")),
+            "{what}: {err}"
+        );
+        assert!(!forge_oracle::looks_like_btrfs(&img), "{what}");
+        std::fs::remove_file(&img).unwrap();
+    }
 }
