@@ -18,6 +18,9 @@ pub struct Output {
     /// Whether ranges given to `start_writeback` leave the page cache once
     /// on disk (see `Writeback`).
     drop_behind: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When space is reserved as writes reach it (see `reserve_lazily`):
+    /// the end reserved so far, and the most there is to reserve.
+    lazy_reserve: std::sync::Mutex<Option<(u64, u64)>>,
     pub path: PathBuf,
     /// Bytes of the filesystem (not necessarily of the file or device).
     pub size: u64,
@@ -128,6 +131,7 @@ impl Output {
             file,
             writeback: std::sync::Mutex::new(WritebackState::NotStarted),
             drop_behind: Default::default(),
+            lazy_reserve: Default::default(),
             path: path.into(),
             size,
             is_block_device,
@@ -200,6 +204,73 @@ impl Output {
         if let Some(w) = running {
             w.stop();
         }
+    }
+
+    /// Reserve the disk space of `[from, to)` (`fallocate`, the file's size
+    /// unchanged), so that a full disk is a clear error before the bytes are
+    /// written. Returns whether the space is reserved: not on a device, nor
+    /// where the filesystem cannot.
+    pub fn reserve(&self, from: u64, to: u64) -> Result<bool> {
+        if self.is_block_device || to <= from {
+            return Ok(false);
+        }
+        match rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            from,
+            to - from,
+        ) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOSPC) => Err(Error::NoSpace(format!(
+                "{}: not enough free disk space for the image ({} needed)",
+                self.path.display(),
+                crate::summary::human(to)
+            ))),
+            Err(_) => Ok(false), // not supported here: written lazily
+        }
+    }
+
+    /// Reserve `[from, limit)` a step at a time as writes reach it
+    /// (`reserve_ahead`) instead of all at once: for compressed data, whose
+    /// chunks are laid out for the worst case (nothing compresses), so that
+    /// an image that fits once compressed is not refused, and no surplus is
+    /// left to give back at the end (see `rootdir`).
+    pub fn reserve_lazily(&self, from: u64, limit: u64) {
+        *self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, limit));
+    }
+
+    /// Before a write that ends at `end`: reserve up to it and a step
+    /// beyond, when reserving lazily and not done yet.
+    pub fn reserve_ahead(&self, end: u64) -> Result<()> {
+        const STEP: u64 = 64 << 20;
+        let mut lazy = self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((done, limit)) = *lazy else {
+            return Ok(());
+        };
+        if end <= done {
+            return Ok(());
+        }
+        let ahead = (end + STEP).min(limit).max(end);
+        // A step ahead, or just what this write needs when the disk is
+        // nearly full.
+        let reserved = match self.reserve(done, ahead) {
+            Err(Error::NoSpace(_)) if ahead > end => self.reserve(done, end).map(|r| (r, end))?,
+            r => (r?, ahead),
+        };
+        *lazy = match reserved {
+            (true, to) => Some((to, limit)),
+            // Not supported: nothing more to try.
+            (false, _) => None,
+        };
+        Ok(())
+    }
+
+    /// Where the space reserved step by step ends, if it is.
+    pub fn lazily_reserved(&self) -> Option<u64> {
+        self.lazy_reserve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(done, _)| done)
     }
 
     /// Positional write. Plain writes, not a shared mapping: faulting fresh

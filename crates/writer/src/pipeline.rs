@@ -324,6 +324,7 @@ fn write_batch(
                 })
                 .collect();
             for &p in &phys {
+                out.reserve_ahead(p + *flushed + queued as u64)?;
                 out.write_vectored_at(&slices, p + *flushed)?;
                 // Let the disk start now: the flush before the superblock
                 // then has little left to wait for.

@@ -81,29 +81,6 @@ pub fn make_rootdir_filesystem(
     build(path, cfg, opts, &pool)
 }
 
-/// Reserve disk space for `[from, to)` of the image, so that a full disk is
-/// a clear error now rather than a failed write later. Returns whether the
-/// space is reserved (not on a device, nor where `fallocate` is missing).
-fn reserve(out: &Output, from: u64, to: u64) -> Result<bool> {
-    if out.is_block_device || to <= from {
-        return Ok(false);
-    }
-    match rustix::fs::fallocate(
-        out.file(),
-        rustix::fs::FallocateFlags::KEEP_SIZE,
-        from,
-        to - from,
-    ) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::NOSPC) => Err(Error::NoSpace(format!(
-            "{}: not enough free disk space for the image ({} needed)",
-            out.path.display(),
-            crate::summary::human(to)
-        ))),
-        Err(_) => Ok(false), // not supported here: write lazily
-    }
-}
-
 fn build(
     path: &Path,
     cfg: &MkfsConfig,
@@ -139,6 +116,7 @@ fn build(
         memory: opts.memory,
     };
     let est_meta = estimate_metadata(&tree, cfg);
+    let m_data_stripes = cfg.data_profile.stripes();
     let mut reserved = 0;
     // The output is opened once the data chunks are laid out: a too-small -b
     // is refused before anything is written.
@@ -156,9 +134,23 @@ fn build(
         // The data chunks now; the metadata once its size is known. Space
         // reserved and not used would be given back at the end, and on a
         // filesystem mounted with `discard` that waits for the disk to
-        // finish every write queued before it.
-        if reserve(&out, 0, l.physical_end())? {
-            reserved = l.physical_end();
+        // finish every write queued before it. Compressed data is laid out
+        // for the worst case (nothing compresses): its space is reserved as
+        // it is written (one stripe; DUP data reserves all up front).
+        let lazy = opts.compression.is_some() && m_data_stripes == 1;
+        let data_start = l
+            .chunks
+            .iter()
+            .filter(|c| c.flags & BTRFS_BLOCK_GROUP_DATA != 0)
+            .flat_map(|c| c.stripes.iter().copied())
+            .min()
+            .filter(|_| lazy)
+            .unwrap_or(l.physical_end());
+        if out.reserve(0, data_start)? {
+            reserved = data_start;
+            if lazy {
+                out.reserve_lazily(data_start, l.physical_end());
+            }
         }
         Ok(out)
     };
@@ -310,10 +302,12 @@ fn build(
     timing.mark("metadata dry run");
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
+    if let Some(r) = out.lazily_reserved() {
+        reserved = r;
+    }
     // The metadata chunk's space, where the data's reservation ends before
-    // it; or give back what was reserved beyond the last chunk (data that
-    // compressed).
-    if reserved > 0 && reserve(&out, reserved, end)? {
+    // it; or give back what was reserved beyond the last chunk.
+    if reserved > 0 && out.reserve(reserved, end)? {
         reserved = end;
     }
     if reserved > end {

@@ -200,6 +200,36 @@ fn inline_and_data_failures_are_reported_in_file_order() {
     }
 }
 
+/// A tmpfs of a given size on a fresh directory, unmounted when dropped: a
+/// small disk to fill.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
 /// A full disk is a clear error (space is reserved with fallocate: the data
 /// chunks up front, the metadata chunk before any tree block is written),
 /// not a SIGBUS or a half-written image. Two trees: one whose data does not
@@ -210,21 +240,7 @@ fn disk_full_is_a_clear_error() {
     if !forge_oracle::require_kernel() {
         return;
     }
-    let mnt = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.path());
+    let mnt = Tmpfs::mount("24m");
     let big = tempfile::tempdir().unwrap();
     std::fs::write(big.path().join("big"), vec![3u8; 40 << 20]).unwrap();
     let many = tempfile::tempdir().unwrap();
@@ -259,4 +275,56 @@ fn disk_full_is_a_clear_error() {
         assert!(!forge_oracle::looks_like_btrfs(&img), "{what}");
         std::fs::remove_file(&img).unwrap();
     }
+}
+
+/// Space for compressed data is reserved as it is written, not for the
+/// worst case its chunks are laid out for (nothing compresses): a tree that
+/// only fits the disk once compressed is built, and `btrfs check` accepts
+/// it; the same tree uncompressed is refused with the clear error.
+#[test]
+fn compressed_tree_fits_where_its_raw_size_would_not() {
+    if !forge_oracle::require_kernel() || !forge_oracle::require_btrfs_progs() {
+        return;
+    }
+    let mnt = Tmpfs::mount("24m");
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..10u64 {
+        std::fs::write(
+            src.path().join(format!("log{i}")),
+            forge_oracle::bytes(i, 4 << 20, true),
+        )
+        .unwrap();
+    }
+    let img = mnt.path().join("fits.img");
+    let cfg = MkfsConfig {
+        now: (1_700_000_000, 0),
+        ..Default::default()
+    };
+    let mut o = RootdirOptions::new(src.path());
+    o.shrink = true;
+    let raw = make_rootdir_filesystem(&img, &cfg, &o)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        raw.contains("not enough free disk space"),
+        "uncompressed: {raw}"
+    );
+    std::fs::remove_file(&img).unwrap();
+    o.compression = btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
+    let report = make_rootdir_filesystem(&img, &cfg, &o).expect("compressed, it fits");
+    let data = report.data.expect("data stats");
+    assert!(
+        data.bytes_on_disk < 8 << 20,
+        "{} bytes on disk",
+        data.bytes_on_disk
+    );
+    forge_oracle::btrfs_check(&img, true);
+    // Nothing reserved is left past the filesystem's end.
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&img).unwrap()) * 512;
+    assert!(
+        allocated <= report.layout.physical_end(),
+        "{allocated} bytes allocated, the last chunk ends at {}",
+        report.layout.physical_end()
+    );
 }
