@@ -75,6 +75,11 @@ pub struct DataOptions {
     pub data_stripes: usize,
     /// File data in flight at once on the compression path.
     pub memory: u64,
+    /// Where data chunks must end on the device (what `-b` leaves after the
+    /// metadata), if anywhere. Compressed data, laid out for the worst case
+    /// (nothing compresses), is then given the room there is; only if it
+    /// does not fit once compressed does the import fail.
+    pub data_end_max: Option<u64>,
 }
 
 /// One EXTENT_DATA item of a file pointing at a disk extent.
@@ -385,6 +390,35 @@ fn data_chunks(layout: &mut Layout, bytes: u64, opts: &DataOptions) -> Vec<Chunk
         if remaining == 0 {
             return out;
         }
+    }
+}
+
+/// Data chunks that end by `max_end` on the device, when `chunks` (laid out
+/// on `before` into `layout`) do not: compressed data may fit in less than
+/// its worst case. Chunks that do not fit even so are left for the caller to
+/// refuse.
+fn fit_data_chunks(
+    layout: &mut Layout,
+    before: &Layout,
+    chunks: Vec<ChunkSpec>,
+    max_end: u64,
+    opts: &DataOptions,
+) -> Vec<ChunkSpec> {
+    let start = before.physical_end();
+    if layout.physical_end() <= max_end || max_end <= start {
+        return chunks;
+    }
+    // Superblock copies inside the chunks take room: shrink until it fits.
+    let mut bytes = (max_end - start) / opts.data_stripes as u64;
+    loop {
+        let mut l = before.clone();
+        let c = data_chunks(&mut l, bytes, opts);
+        if l.physical_end() <= max_end || bytes <= MIB {
+            *layout = l;
+            return c;
+        }
+        let over = (l.physical_end() - max_end).div_ceil(opts.data_stripes as u64);
+        bytes = bytes.saturating_sub(over.max(BTRFS_STRIPE_LEN)).max(MIB);
     }
 }
 
@@ -935,6 +969,9 @@ pub fn write_all(
     let before = layout.clone();
     let worst = worst_case(&classes, opts);
     let mut chunks = data_chunks(layout, worst, opts);
+    if let (Some(_), Some(max_end)) = (opts.compression, opts.data_end_max) {
+        chunks = fit_data_chunks(layout, &before, chunks, max_end, opts);
+    }
     let out = match out_for(layout, worst) {
         Ok(out) => out,
         // That much space is not there (-b, or the disk): find the
@@ -1166,6 +1203,7 @@ mod tests {
             data_flags: BTRFS_BLOCK_GROUP_DATA,
             data_stripes: 1,
             memory: 1 << 20,
+            data_end_max: None,
         };
         let classes: Vec<Vec<Class>> = tree
             .subvols

@@ -393,6 +393,12 @@ fn write_batch(
     })
 }
 
+/// The data chunks hold the worst case (nothing compresses) unless `-b`
+/// left less room: then compressed data did not fit.
+fn data_chunks_full() -> Error {
+    Error::NoSpace("the data does not fit the space -b leaves it, even compressed".into())
+}
+
 /// Owners of content for `--dedupe`, found in file order: content is
 /// known by size, data runs and hash.
 #[derive(Default)]
@@ -951,10 +957,7 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
                 let mut off = s;
                 while off < e {
                     let want = (e - off).min(BTRFS_MAX_EXTENT_SIZE);
-                    let (at, got) = co
-                        .alloc
-                        .alloc_upto(want)
-                        .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+                    let (at, got) = co.alloc.alloc_upto(want).ok_or_else(data_chunks_full)?;
                     co.out.per_node[si][ni].push(FileExtent {
                         subvol: si,
                         node: ni,
@@ -1041,10 +1044,7 @@ fn allocate_ready(co: &mut Coordinator, sp: &Spawner) -> Result<()> {
                     }
                 }
             }
-            let at = co
-                .alloc
-                .alloc_exact(size)
-                .ok_or_else(|| Error::Internal("data chunks too small".into()))?;
+            let at = co.alloc.alloc_exact(size).ok_or_else(data_chunks_full)?;
             if !merged {
                 co.out.per_node[si][ni].push(FileExtent {
                     subvol: si,

@@ -114,8 +114,15 @@ fn build(
         data_flags: BTRFS_BLOCK_GROUP_DATA | cfg.data_profile.flag(),
         data_stripes: cfg.data_profile.stripes(),
         memory: opts.memory,
+        data_end_max: None,
     };
     let est_meta = estimate_metadata(&tree, cfg);
+    let dopts = DataOptions {
+        data_end_max: cfg
+            .byte_count
+            .map(|b| b.saturating_sub(est_meta * m.stripes() as u64)),
+        ..dopts
+    };
     let m_data_stripes = cfg.data_profile.stripes();
     let mut reserved = 0;
     // The output is opened once the data chunks are laid out: a too-small -b
@@ -284,7 +291,17 @@ fn build(
     } else {
         (needed / 4).max(16 * MIB).max(cfg.nodesize as u64 * 1024)
     };
-    let meta_len = align(needed + slack, BTRFS_STRIPE_LEN);
+    let mut meta_len = align(needed + slack, BTRFS_STRIPE_LEN);
+    if let Some(b) = cfg.byte_count {
+        // Under -b the metadata chunk takes at most half of what is left,
+        // the rest left for the kernel's new chunks (and at least what it
+        // needs: else the check below refuses).
+        let room = b.saturating_sub(layout.physical_end()) / m.stripes() as u64 / 2;
+        let least = align(needed + MIB.min(slack), BTRFS_STRIPE_LEN);
+        meta_len = meta_len
+            .min(room / BTRFS_STRIPE_LEN * BTRFS_STRIPE_LEN)
+            .max(least);
+    }
     layout.push_chunk(meta_flags, meta_len, m.stripes());
     let end = layout.physical_end();
     layout.device_size = match cfg.byte_count {

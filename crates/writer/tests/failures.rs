@@ -19,6 +19,7 @@ fn opts() -> DataOptions {
         data_flags: btrfs_format::BTRFS_BLOCK_GROUP_DATA,
         data_stripes: 1,
         memory: 1 << 20,
+        data_end_max: None,
     }
 }
 
@@ -327,4 +328,69 @@ fn compressed_tree_fits_where_its_raw_size_would_not() {
         "{allocated} bytes allocated, the last chunk ends at {}",
         report.layout.physical_end()
     );
+}
+
+/// `-b` smaller than the tree: compressed data is given the room `-b`
+/// leaves, so a tree that fits only once compressed is built (`btrfs check`
+/// accepts it, the kernel reads it back and takes writes and deletes);
+/// uncompressed it is refused up front, and incompressible data that does
+/// not fit is a clear error with no superblock written.
+#[test]
+fn byte_count_fits_compressed_data() {
+    if !forge_oracle::require_kernel() || !forge_oracle::require_btrfs_progs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    for i in 0..25u64 {
+        std::fs::write(
+            logs.join(format!("log{i:02}")),
+            forge_oracle::bytes(i, 4 << 20, true),
+        )
+        .unwrap();
+    }
+    let noise = dir.path().join("noise");
+    std::fs::create_dir(&noise).unwrap();
+    std::fs::write(noise.join("blob"), forge_oracle::bytes(7, 40 << 20, false)).unwrap();
+    let img = dir.path().join("b.img");
+    let cfg = |mib: u64| MkfsConfig {
+        now: (1_700_000_000, 0),
+        byte_count: Some(mib << 20),
+        ..Default::default()
+    };
+    let zstd = |src: &Path| {
+        let mut o = RootdirOptions::new(src);
+        o.compression = btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
+        o
+    };
+    let err = make_rootdir_filesystem(&img, &cfg(64), &RootdirOptions::new(&logs))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("-b gives"), "uncompressed: {err}");
+    assert!(!forge_oracle::looks_like_btrfs(&img));
+
+    make_rootdir_filesystem(&img, &cfg(64), &zstd(&logs)).expect("compressed, it fits");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
+    forge_oracle::btrfs_check(&img, true);
+    let m = forge_oracle::Mount::new(&img, "");
+    for i in [0u64, 13, 24] {
+        let got = std::fs::read(m.path().join(format!("log{i:02}"))).unwrap();
+        assert!(got == forge_oracle::bytes(i, 4 << 20, true), "log{i:02}");
+    }
+    forge_oracle::churn(m.path(), 8);
+    m.unmount();
+    forge_oracle::btrfs_check(&img, true);
+
+    std::fs::remove_file(&img).unwrap();
+    let err = make_rootdir_filesystem(&img, &cfg(32), &zstd(&noise))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("does not fit the space -b leaves"),
+        "noise: {err}"
+    );
+    assert!(!forge_oracle::looks_like_btrfs(&img));
 }

@@ -72,6 +72,7 @@ fn counters_end_at_the_totals() {
             data_flags: btrfs_format::BTRFS_BLOCK_GROUP_DATA,
             data_stripes: 1,
             memory: 1 << 20,
+            data_end_max: None,
         };
         let img = dir.path().join("x.img");
         let mut layout = Layout::default();

@@ -21,6 +21,7 @@ fn opts() -> DataOptions {
         data_flags: btrfs_format::BTRFS_BLOCK_GROUP_DATA,
         data_stripes: 1,
         memory: 1 << 20,
+        data_end_max: None,
     }
 }
 
