@@ -393,6 +393,21 @@ fn data_chunks(layout: &mut Layout, bytes: u64, opts: &DataOptions) -> Vec<Chunk
     }
 }
 
+/// Data chunks laid out on `before` into `layout` for `worst` bytes, or for
+/// what fits before `opts.data_end_max` when compressing.
+fn data_chunks_for(
+    layout: &mut Layout,
+    before: &Layout,
+    worst: u64,
+    opts: &DataOptions,
+) -> Vec<ChunkSpec> {
+    let chunks = data_chunks(layout, worst, opts);
+    match (opts.compression, opts.data_end_max) {
+        (Some(_), Some(max_end)) => fit_data_chunks(layout, before, chunks, max_end, opts),
+        _ => chunks,
+    }
+}
+
 /// Data chunks that end by `max_end` on the device, when `chunks` (laid out
 /// on `before` into `layout`) do not: compressed data may fit in less than
 /// its worst case. Chunks that do not fit even so are left for the caller to
@@ -968,10 +983,7 @@ pub fn write_all(
     // Data chunks for the worst case: nothing compresses, nothing is shared.
     let before = layout.clone();
     let worst = worst_case(&classes, opts);
-    let mut chunks = data_chunks(layout, worst, opts);
-    if let (Some(_), Some(max_end)) = (opts.compression, opts.data_end_max) {
-        chunks = fit_data_chunks(layout, &before, chunks, max_end, opts);
-    }
+    let mut chunks = data_chunks_for(layout, &before, worst, opts);
     let out = match out_for(layout, worst) {
         Ok(out) => out,
         // That much space is not there (-b, or the disk): find the
@@ -991,9 +1003,9 @@ pub fn write_all(
                 let size = scan.subvols[si].nodes[ni].stat.size;
                 progress.bytes_in.fetch_add(size, Ordering::Relaxed);
             }
-            *layout = before;
+            *layout = before.clone();
             let worst = worst_case(&classes, opts);
-            chunks = data_chunks(layout, worst, opts);
+            chunks = data_chunks_for(layout, &before, worst, opts);
             out_for(layout, worst)?
         }
         Err(e) => return Err(e),

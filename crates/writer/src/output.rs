@@ -20,11 +20,19 @@ pub struct Output {
     drop_behind: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// When space is reserved as writes reach it (see `reserve_lazily`):
     /// the end reserved so far, and the most there is to reserve.
-    lazy_reserve: std::sync::Mutex<Option<(u64, u64)>>,
+    lazy_reserve: std::sync::Mutex<Option<LazyReserve>>,
     pub path: PathBuf,
     /// Bytes of the filesystem (not necessarily of the file or device).
     pub size: u64,
     pub is_block_device: bool,
+}
+
+/// Space reserved as writes reach it: reserved up to `done`, attempted up
+/// to `tried`, never beyond `limit`.
+struct LazyReserve {
+    done: u64,
+    tried: u64,
+    limit: u64,
 }
 
 /// Signatures of filesystems and partition tables we refuse to overwrite without -f.
@@ -211,66 +219,90 @@ impl Output {
     /// written. Returns whether the space is reserved: not on a device, nor
     /// where the filesystem cannot.
     pub fn reserve(&self, from: u64, to: u64) -> Result<bool> {
+        use rustix::io::Errno;
         if self.is_block_device || to <= from {
             return Ok(false);
         }
-        match rustix::fs::fallocate(
-            &self.file,
-            rustix::fs::FallocateFlags::KEEP_SIZE,
-            from,
-            to - from,
-        ) {
-            Ok(()) => Ok(true),
-            Err(rustix::io::Errno::NOSPC) => Err(Error::NoSpace(format!(
-                "{}: not enough free disk space for the image ({} needed)",
-                self.path.display(),
-                crate::summary::human(to)
-            ))),
-            Err(_) => Ok(false), // not supported here: written lazily
+        loop {
+            let r = rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                from,
+                to - from,
+            );
+            return match r {
+                Ok(()) => Ok(true),
+                Err(Errno::INTR) => continue,
+                Err(Errno::NOSPC | Errno::DQUOT) => Err(Error::NoSpace(format!(
+                    "{}: not enough free disk space for the image ({} at offset {from})",
+                    self.path.display(),
+                    crate::summary::human(to - from)
+                ))),
+                // Not supported here: written without a reservation.
+                Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::NODEV | Errno::INVAL) => Ok(false),
+                Err(e) => Err(Error::io(
+                    &self.path,
+                    std::io::Error::new(
+                        std::io::Error::from(e).kind(),
+                        format!("reserving {} bytes at offset {from}: {e}", to - from),
+                    ),
+                )),
+            };
         }
     }
 
     /// Reserve `[from, limit)` a step at a time as writes reach it
     /// (`reserve_ahead`) instead of all at once: for compressed data, whose
     /// chunks are laid out for the worst case (nothing compresses), so that
-    /// an image that fits once compressed is not refused, and no surplus is
+    /// an image that fits once compressed is not refused, and little is
     /// left to give back at the end (see `rootdir`).
     pub fn reserve_lazily(&self, from: u64, limit: u64) {
-        *self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, limit));
+        *self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner()) = Some(LazyReserve {
+            done: from,
+            tried: from,
+            limit,
+        });
     }
 
     /// Before a write that ends at `end`: reserve up to it and a step
     /// beyond, when reserving lazily and not done yet.
     pub fn reserve_ahead(&self, end: u64) -> Result<()> {
-        const STEP: u64 = 64 << 20;
-        let mut lazy = self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((done, limit)) = *lazy else {
+        // Small: what the metadata chunk, placed after the data, does not
+        // cover is given back at the end.
+        const STEP: u64 = 8 << 20;
+        let mut guard = self.lazy_reserve.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(lazy) = guard.as_mut() else {
             return Ok(());
         };
-        if end <= done {
+        if end <= lazy.done {
             return Ok(());
         }
-        let ahead = (end + STEP).min(limit).max(end);
+        let ahead = (end + STEP).min(lazy.limit).max(end);
+        // A failed fallocate may keep part of what it allocated.
+        lazy.tried = lazy.tried.max(ahead);
         // A step ahead, or just what this write needs when the disk is
         // nearly full.
-        let reserved = match self.reserve(done, ahead) {
-            Err(Error::NoSpace(_)) if ahead > end => self.reserve(done, end).map(|r| (r, end))?,
+        let reserved = match self.reserve(lazy.done, ahead) {
+            Err(Error::NoSpace(_)) if ahead > end => (self.reserve(lazy.done, end)?, end),
             r => (r?, ahead),
         };
-        *lazy = match reserved {
-            (true, to) => Some((to, limit)),
+        match reserved {
+            (true, to) => lazy.done = to,
             // Not supported: nothing more to try.
-            (false, _) => None,
-        };
+            (false, _) => *guard = None,
+        }
         Ok(())
     }
 
-    /// Where the space reserved step by step ends, if it is.
-    pub fn lazily_reserved(&self) -> Option<u64> {
+    /// When space was reserved step by step: where the reservation surely
+    /// ends, and the furthest it may reach (a failed step can leave part of
+    /// its allocation).
+    pub fn lazily_reserved(&self) -> Option<(u64, u64)> {
         self.lazy_reserve
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .map(|(done, _)| done)
+            .as_ref()
+            .map(|l| (l.done, l.tried.max(l.done)))
     }
 
     /// Positional write. Plain writes, not a shared mapping: faulting fresh
@@ -341,9 +373,11 @@ impl Output {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Write every superblock copy that fits the filesystem, then flush.
+    /// Write every superblock copy that fits the filesystem, then flush. The
+    /// primary goes last: if a copy cannot be written, the image is still
+    /// not a filesystem.
     pub fn write_superblocks(&self, sb: &SuperBlock, csum: CsumType) -> Result<()> {
-        for mirror in 0..BTRFS_SUPER_MIRROR_MAX {
+        for mirror in (0..BTRFS_SUPER_MIRROR_MAX).rev() {
             let off = btrfs_sb_offset(mirror);
             if off + BTRFS_SUPER_INFO_SIZE as u64 > self.size {
                 continue;

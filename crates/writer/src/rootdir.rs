@@ -319,21 +319,28 @@ fn build(
     timing.mark("metadata dry run");
     input.layout = layout.clone();
     out.set_size(layout.device_size)?;
-    if let Some(r) = out.lazily_reserved() {
-        reserved = r;
-    }
-    // The metadata chunk's space, where the data's reservation ends before
-    // it; or give back what was reserved beyond the last chunk.
-    if reserved > 0 && out.reserve(reserved, end)? {
-        reserved = end;
-    }
-    if reserved > end {
+    // Reserved for sure so far, and the furthest a reservation may reach.
+    let (sure, reach) = out.lazily_reserved().unwrap_or((reserved, reserved));
+    // Give back what was reserved past the last chunk (data reserved a step
+    // ahead of its writes, or data that compressed).
+    if reach > end {
         let _ = rustix::fs::fallocate(
             out.file(),
             rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
             end,
-            reserved - end,
+            reach - end,
         );
+    }
+    if sure > 0 {
+        // The metadata chunk's space, where the data's reservation ends
+        // before it, and the superblock copies past the last chunk.
+        out.reserve(sure, end)?;
+        for mirror in 1..BTRFS_SUPER_MIRROR_MAX {
+            let at = btrfs_sb_offset(mirror);
+            if at >= end && at + BTRFS_SUPER_INFO_SIZE as u64 <= layout.device_size {
+                out.reserve(at, at + BTRFS_SUPER_INFO_SIZE as u64)?;
+            }
+        }
     }
     // In the pool: tree leaves are built in parallel.
     let report = pool.install(|| commit(&out, &input, Some(seed)))?;

@@ -258,19 +258,32 @@ fn disk_full_is_a_clear_error() {
             .collect();
         std::fs::write(many.path().join(format!("f{i:05}")), bytes).unwrap();
     }
-    for (what, src) in [("data", big.path()), ("metadata", many.path())] {
+    let noise = tempfile::tempdir().unwrap();
+    std::fs::write(
+        noise.path().join("blob"),
+        forge_oracle::bytes(3, 40 << 20, false),
+    )
+    .unwrap();
+    let zstd = btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
+    for (what, src, compression) in [
+        ("data", big.path(), None),
+        ("metadata", many.path(), None),
+        // Reserved as it is written: the disk fills up mid-way.
+        ("compressed data", noise.path(), zstd),
+    ] {
         let img = mnt.path().join("full.img");
         let cfg = MkfsConfig {
             now: (1_700_000_000, 0),
             ..Default::default()
         };
-        let err = match make_rootdir_filesystem(&img, &cfg, &RootdirOptions::new(src)) {
+        let mut o = RootdirOptions::new(src);
+        o.compression = compression;
+        let err = match make_rootdir_filesystem(&img, &cfg, &o) {
             Ok(_) => panic!("{what}: the tree fit a 24 MiB disk"),
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains("full.img")
-                && (err.contains("not enough free disk space") || err.contains("No space")),
+            err.contains("full.img") && err.contains("not enough free disk space"),
             "{what}: {err}"
         );
         assert!(!forge_oracle::looks_like_btrfs(&img), "{what}");
@@ -321,12 +334,33 @@ fn compressed_tree_fits_where_its_raw_size_would_not() {
         data.bytes_on_disk
     );
     forge_oracle::btrfs_check(&img, true);
-    // Nothing reserved is left past the filesystem's end.
-    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&img).unwrap()) * 512;
+    no_blocks_past(&img, report.layout.physical_end());
+    // Without --shrink the image runs on past its last chunk: nothing
+    // reserved ahead of the data is left there either.
+    let roomy = Tmpfs::mount("256m");
+    let img = roomy.path().join("roomy.img");
+    o.shrink = false;
+    let report = make_rootdir_filesystem(&img, &cfg, &o).expect("roomy");
+    assert!(report.layout.device_size > report.layout.physical_end());
+    forge_oracle::btrfs_check(&img, true);
+    no_blocks_past(&img, report.layout.physical_end());
+}
+
+/// `img` holds no more disk blocks than its chunks (`[0, end)`, reserved
+/// whole) and the superblock copies past them: nothing reserved ahead of the
+/// data is left behind. (Blocks, not `SEEK_DATA`: tmpfs shows space reserved
+/// and never written as a hole.)
+fn no_blocks_past(img: &Path, end: u64) {
+    let md = std::fs::metadata(img).unwrap();
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&md) * 512;
+    let copies = (1..btrfs_format::BTRFS_SUPER_MIRROR_MAX)
+        .map(btrfs_format::btrfs_sb_offset)
+        .filter(|&c| c >= end && c < md.len())
+        .count() as u64;
     assert!(
-        allocated <= report.layout.physical_end(),
-        "{allocated} bytes allocated, the last chunk ends at {}",
-        report.layout.physical_end()
+        allocated <= end + copies * 4096,
+        "{}: {allocated} bytes allocated, its chunks end at {end}",
+        img.display()
     );
 }
 
