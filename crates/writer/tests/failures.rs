@@ -367,8 +367,10 @@ fn no_blocks_past(img: &Path, end: u64) {
 /// `-b` smaller than the tree: compressed data is given the room `-b`
 /// leaves, so a tree that fits only once compressed is built (`btrfs check`
 /// accepts it, the kernel reads it back and takes writes and deletes);
-/// uncompressed it is refused up front, and incompressible data that does
-/// not fit is a clear error with no superblock written.
+/// uncompressed it is refused up front, a `-b` too small for the usual
+/// metadata slack still leaves the kernel unallocated space, and
+/// incompressible data that does not fit is a clear error with no
+/// superblock written.
 #[test]
 fn byte_count_fits_compressed_data() {
     if !forge_oracle::require_kernel() || !forge_oracle::require_btrfs_progs() {
@@ -416,6 +418,22 @@ fn byte_count_fits_compressed_data() {
     forge_oracle::churn(m.path(), 8);
     m.unmount();
     forge_oracle::btrfs_check(&img, true);
+
+    // A -b that holds the data but not the usual 16 MiB of metadata slack
+    // (twice, DUP): the metadata chunk takes at most half of what is left,
+    // and the rest stays unallocated for the kernel.
+    std::fs::remove_file(&img).unwrap();
+    make_rootdir_filesystem(&img, &cfg(32), &zstd(&logs)).expect("-b 32M");
+    forge_oracle::btrfs_check(&img, true);
+    let sb = forge_oracle::dump_super(&img);
+    let field = |f: &str| -> u64 {
+        forge_oracle::super_field(&sb, f)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{f} in dump-super"))
+    };
+    let (total, used) = (field("dev_item.total_bytes"), field("dev_item.bytes_used"));
+    assert_eq!(total, 32 << 20);
+    assert!(total - used >= 4 << 20, "{used} of {total} bytes in chunks");
 
     std::fs::remove_file(&img).unwrap();
     let err = make_rootdir_filesystem(&img, &cfg(32), &zstd(&noise))
