@@ -104,6 +104,7 @@ fn build(
         SYSTEM_CHUNK_SIZE,
         m.stripes(),
     );
+    let est_meta = estimate_metadata(&tree, cfg);
     let dopts = DataOptions {
         sectorsize: cfg.sectorsize as u64,
         csum: cfg.csum,
@@ -114,16 +115,10 @@ fn build(
         data_flags: BTRFS_BLOCK_GROUP_DATA | cfg.data_profile.flag(),
         data_stripes: cfg.data_profile.stripes(),
         memory: opts.memory,
-        data_end_max: None,
-    };
-    let est_meta = estimate_metadata(&tree, cfg);
-    let dopts = DataOptions {
         data_end_max: cfg
             .byte_count
             .map(|b| b.saturating_sub(est_meta * m.stripes() as u64)),
-        ..dopts
     };
-    let m_data_stripes = cfg.data_profile.stripes();
     let mut reserved = 0;
     // The output is opened once the data chunks are laid out: a too-small -b
     // is refused before anything is written.
@@ -144,7 +139,7 @@ fn build(
         // finish every write queued before it. Compressed data is laid out
         // for the worst case (nothing compresses): its space is reserved as
         // it is written (one stripe; DUP data reserves all up front).
-        let lazy = opts.compression.is_some() && m_data_stripes == 1;
+        let lazy = dopts.compression.is_some() && dopts.data_stripes == 1;
         let data_start = l
             .chunks
             .iter()

@@ -201,6 +201,14 @@ fn inline_and_data_failures_are_reported_in_file_order() {
     }
 }
 
+/// The error a build that must fail gave, as text.
+fn refused(what: &str, r: btrfs_writer::Result<btrfs_writer::MkfsReport>) -> String {
+    match r {
+        Ok(_) => panic!("{what}: built, but should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// A tmpfs of a given size on a fresh directory, unmounted when dropped: a
 /// small disk to fill.
 struct Tmpfs(tempfile::TempDir);
@@ -246,17 +254,12 @@ fn disk_full_is_a_clear_error() {
     std::fs::write(big.path().join("big"), vec![3u8; 40 << 20]).unwrap();
     let many = tempfile::tempdir().unwrap();
     std::fs::write(many.path().join("data"), vec![5u8; 4 << 20]).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..8000 {
-        let bytes: Vec<u8> = (0..1800)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(many.path().join(format!("f{i:05}")), bytes).unwrap();
+        std::fs::write(
+            many.path().join(format!("f{i:05}")),
+            forge_oracle::bytes(i, 1800, false),
+        )
+        .unwrap();
     }
     let noise = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -278,10 +281,7 @@ fn disk_full_is_a_clear_error() {
         };
         let mut o = RootdirOptions::new(src);
         o.compression = compression;
-        let err = match make_rootdir_filesystem(&img, &cfg, &o) {
-            Ok(_) => panic!("{what}: the tree fit a 24 MiB disk"),
-            Err(e) => e.to_string(),
-        };
+        let err = refused(what, make_rootdir_filesystem(&img, &cfg, &o));
         assert!(
             err.contains("full.img") && err.contains("not enough free disk space"),
             "{what}: {err}"
@@ -316,10 +316,7 @@ fn compressed_tree_fits_where_its_raw_size_would_not() {
     };
     let mut o = RootdirOptions::new(src.path());
     o.shrink = true;
-    let raw = make_rootdir_filesystem(&img, &cfg, &o)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let raw = refused("uncompressed", make_rootdir_filesystem(&img, &cfg, &o));
     assert!(
         raw.contains("not enough free disk space"),
         "uncompressed: {raw}"
@@ -400,10 +397,10 @@ fn byte_count_fits_compressed_data() {
         o.compression = btrfs_writer::compress::Compression::parse("zstd", false).unwrap();
         o
     };
-    let err = make_rootdir_filesystem(&img, &cfg(64), &RootdirOptions::new(&logs))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = refused(
+        "uncompressed",
+        make_rootdir_filesystem(&img, &cfg(64), &RootdirOptions::new(&logs)),
+    );
     assert!(err.contains("-b gives"), "uncompressed: {err}");
     assert!(!forge_oracle::looks_like_btrfs(&img));
 
@@ -436,10 +433,10 @@ fn byte_count_fits_compressed_data() {
     assert!(total - used >= 4 << 20, "{used} of {total} bytes in chunks");
 
     std::fs::remove_file(&img).unwrap();
-    let err = make_rootdir_filesystem(&img, &cfg(32), &zstd(&noise))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = refused(
+        "noise",
+        make_rootdir_filesystem(&img, &cfg(32), &zstd(&noise)),
+    );
     assert!(
         err.contains("does not fit the space -b leaves"),
         "noise: {err}"
